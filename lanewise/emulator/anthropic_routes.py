@@ -1,0 +1,204 @@
+"""The Anthropic surface: Messages and Message Batches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from lanewise.emulator.engine import InvalidRequest
+from lanewise.emulator.http_errors import FAULT_MESSAGES, anthropic_error
+from lanewise.emulator.jobs import BatchJob
+from lanewise.emulator.state import EmulatorState
+from lanewise.pricing import Lane
+
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+PROCESSING_STATUS = {"validating": "in_progress", "in_progress": "in_progress",
+                     "finalizing": "in_progress", "cancelling": "canceling",
+                     "completed": "ended", "expired": "ended", "cancelled": "ended",
+                     "failed": "ended"}
+
+
+def _rfc3339(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def batch_object(state: EmulatorState, job: BatchJob) -> dict[str, Any]:
+    """The MessageBatch object of `job` as it is now."""
+    view = state.view(job)
+    status = PROCESSING_STATUS[view.phase]
+    counts = {"processing": job.total, "succeeded": 0, "errored": 0, "canceled": 0,
+              "expired": 0}
+    if status == "ended":
+        counts = job.results["request_counts"]
+    return {
+        "id": job.id, "type": "message_batch", "processing_status": status,
+        "request_counts": counts,
+        "created_at": _rfc3339(job.created_at),
+        "expires_at": _rfc3339(job.created_at + state.config.timing.expiry_seconds),
+        "ended_at": _rfc3339(view.ended_at) if status == "ended" else None,
+        "cancel_initiated_at": _rfc3339(job.cancel_requested_at),
+        "archived_at": None,
+        "results_url": f"/v1/messages/batches/{job.id}/results" if status == "ended" else None,
+    }
+
+
+def build_router(state: EmulatorState) -> APIRouter:
+    """Routes of the Anthropic surface, bound to `state`."""
+    router = APIRouter()
+
+    @router.post("/v1/messages")
+    async def create_message(request: Request) -> Any:
+        state.stats["anthropic_live_calls"] += 1
+        await asyncio.sleep(state.live_latency())
+        fault = state.live_fault("anthropic")
+        if fault is not None:
+            status, retry_after = fault
+            headers = {}
+            if status == 429:
+                wait = retry_after if retry_after is not None else (
+                    state.config.faults.retry_after_seconds)
+                headers = {"retry-after": f"{wait:g}"}
+            return anthropic_error(status, FAULT_MESSAGES[status], headers=headers)
+        try:
+            body = await request.json()
+            answer = state.engine.anthropic_message(body, Lane.LIVE)
+        except ValueError:
+            return anthropic_error(400, "The request body is not valid JSON.")
+        except InvalidRequest as error:
+            return anthropic_error(error.status, error.message, kind=error.kind)
+        request_id = f"req_{answer.body['id'][-16:]}"
+        state.billing.add([state.billing.row("anthropic", Lane.LIVE, answer.model,
+                                             answer.usage, request_id=request_id)])
+        headers = {"request-id": request_id,
+                   "anthropic-ratelimit-requests-limit": "4000",
+                   "anthropic-ratelimit-requests-remaining": "3999",
+                   "anthropic-ratelimit-tokens-limit": "400000",
+                   "anthropic-ratelimit-tokens-remaining": "399000"}
+        return JSONResponse(answer.body, headers=headers)
+
+    @router.post("/v1/messages/batches")
+    async def create_batch(request: Request) -> Any:
+        limits = state.config.limits
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limits.anthropic_max_bytes:
+            return anthropic_error(413, f"Request exceeds the {limits.anthropic_max_bytes} "
+                                   "byte limit for a Message Batch.")
+        raw = await request.body()
+        if len(raw) > limits.anthropic_max_bytes:
+            return anthropic_error(413, f"Request exceeds the {limits.anthropic_max_bytes} "
+                                   "byte limit for a Message Batch.")
+        return await asyncio.to_thread(_create_batch, raw)
+
+    def _create_batch(raw: bytes) -> Any:
+        limits = state.config.limits
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return anthropic_error(400, "The request body is not valid JSON.")
+        del raw
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            return anthropic_error(400, "requests: must be a non-empty list")
+        if len(requests) > limits.anthropic_max_requests:
+            return anthropic_error(413, f"A Message Batch holds at most "
+                                   f"{limits.anthropic_max_requests} requests; got "
+                                   f"{len(requests)}.")
+        seen: set[str] = set()
+        for index, item in enumerate(requests):
+            custom_id = item.get("custom_id") if isinstance(item, dict) else None
+            if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+                return anthropic_error(400, f"requests.{index}.custom_id: must match "
+                                       "^[a-zA-Z0-9_-]{1,64}$")
+            if custom_id in seen:
+                return anthropic_error(400, f"requests.{index}.custom_id: {custom_id!r} is "
+                                       "not unique within the batch")
+            seen.add(custom_id)
+            if not isinstance(item.get("params"), dict):
+                return anthropic_error(400, f"requests.{index}.params: Field required")
+        job_id = state.next_id("msgbatch_emu")
+        path = state.jobs_dir / f"{job_id}.jsonl"
+        with path.open("w") as out:
+            for item in requests:
+                line = {"custom_id": item["custom_id"], "params": item["params"]}
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        job = BatchJob(id=job_id, provider="anthropic", input_path=path, total=len(requests),
+                       created_at=time.time(), fate=state.batch_fate(job_id))
+        state.register(job)
+        return batch_object(state, job)
+
+    @router.get("/v1/messages/batches")
+    def list_batches(after_id: str | None = None, before_id: str | None = None,
+                     limit: int = 20) -> Any:
+        if not 1 <= limit <= 1000:
+            return anthropic_error(400, "limit: must be between 1 and 1000")
+        jobs = sorted((j for j in state.jobs.values()
+                       if j.provider == "anthropic" and not j.deleted),
+                      key=lambda j: j.id, reverse=True)
+        ids = [j.id for j in jobs]
+        if before_id:
+            end = ids.index(before_id) if before_id in ids else 0
+            start = max(end - limit, 0)
+            window, has_more = jobs[start:end], start > 0
+        else:
+            start = ids.index(after_id) + 1 if after_id in ids else (len(ids) if after_id else 0)
+            window, has_more = jobs[start : start + limit], start + limit < len(jobs)
+        return {"data": [batch_object(state, j) for j in window], "has_more": has_more,
+                "first_id": window[0].id if window else None,
+                "last_id": window[-1].id if window else None}
+
+    def _job(batch_id: str) -> BatchJob | None:
+        job = state.jobs.get(batch_id)
+        if job is None or job.provider != "anthropic" or job.deleted:
+            return None
+        return job
+
+    def _missing(batch_id: str) -> JSONResponse:
+        return anthropic_error(404, f"No message batch found with id '{batch_id}'.")
+
+    @router.get("/v1/messages/batches/{batch_id}")
+    def retrieve_batch(batch_id: str) -> Any:
+        job = _job(batch_id)
+        return _missing(batch_id) if job is None else batch_object(state, job)
+
+    @router.post("/v1/messages/batches/{batch_id}/cancel")
+    def cancel_batch(batch_id: str) -> Any:
+        job = _job(batch_id)
+        if job is None:
+            return _missing(batch_id)
+        with job.lock:
+            view = job.view(time.time(), state.config)
+            if PROCESSING_STATUS[view.phase] == "in_progress":
+                job.cancel_cut = view.done
+                job.cancel_requested_at = time.time()
+        return batch_object(state, job)
+
+    @router.delete("/v1/messages/batches/{batch_id}")
+    def delete_batch(batch_id: str) -> Any:
+        job = _job(batch_id)
+        if job is None:
+            return _missing(batch_id)
+        if PROCESSING_STATUS[state.view(job).phase] != "ended":
+            return anthropic_error(400, f"Message batch {batch_id} is still processing; "
+                                   "cancel it and wait for it to end before deleting.")
+        job.deleted = True
+        return {"id": batch_id, "type": "message_batch_deleted"}
+
+    @router.get("/v1/messages/batches/{batch_id}/results")
+    def batch_results(batch_id: str) -> Any:
+        job = _job(batch_id)
+        if job is None:
+            return _missing(batch_id)
+        if PROCESSING_STATUS[state.view(job).phase] != "ended":
+            return anthropic_error(400, f"Message batch {batch_id} has not ended yet.")
+        return FileResponse(job.results["results_path"], media_type="application/x-jsonl")
+
+    return router

@@ -1,0 +1,303 @@
+"""The OpenAI surface: files, batches and chat completions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from lanewise.emulator.engine import InvalidRequest
+from lanewise.emulator.http_errors import FAULT_MESSAGES, openai_error
+from lanewise.emulator.jobs import BatchJob
+from lanewise.emulator.state import EmulatorState
+from lanewise.pricing import Lane
+from lanewise.tokens import count_prompt_tokens
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions",
+             "/v1/moderations")
+PHASE_STAMPS = {"failed": "failed_at", "completed": "completed_at", "expired": "expired_at",
+                "cancelled": "cancelled_at"}
+
+
+def _page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
+    """Cursor pagination over items sorted newest first, as the SDK walks it."""
+    start = 0
+    if after:
+        ids = [item["id"] for item in items]
+        start = ids.index(after) + 1 if after in ids else len(items)
+    page = items[start : start + limit]
+    return {"object": "list", "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": start + limit < len(items)}
+
+
+def validate_input(state: EmulatorState, path, endpoint: str) -> tuple[dict | None, int, str | None,
+                                                                        int]:
+    """Stream-check a batch input file: (failure, lines, model, estimated input tokens)."""
+    limits = state.config.limits
+    seen: set[str] = set()
+    model: str | None = None
+    tokens = 0
+    count = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            count += 1
+            if count > limits.openai_max_requests:
+                return ({"code": "too_many_tasks", "line": None, "param": None,
+                         "message": f"The batch input file has more than "
+                         f"{limits.openai_max_requests} requests."}, count, model, tokens)
+            try:
+                line = json.loads(raw)
+                if not isinstance(line, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                return ({"code": "invalid_json_line", "line": number, "param": None,
+                         "message": f"This line is not parseable as valid JSON (line {number})."},
+                        count, model, tokens)
+            custom_id = line.get("custom_id")
+            body = line.get("body")
+            if not isinstance(custom_id, str) or not isinstance(body, dict) or line.get(
+                    "method") != "POST":
+                return ({"code": "invalid_request", "line": number, "param": None,
+                         "message": "Each line needs custom_id, method POST, url and body."},
+                        count, model, tokens)
+            if custom_id in seen:
+                return ({"code": "duplicate_custom_id", "line": number, "param": "custom_id",
+                         "message": f"The custom_id {custom_id!r} is not unique."},
+                        count, model, tokens)
+            seen.add(custom_id)
+            if line.get("url") != endpoint:
+                return ({"code": "url_mismatch", "line": number, "param": "url",
+                         "message": f"The url {line.get('url')!r} does not match the batch "
+                         f"endpoint {endpoint!r}."}, count, model, tokens)
+            line_model = body.get("model")
+            if model is None:
+                model = line_model
+            elif line_model != model:
+                return ({"code": "model_mismatch", "line": number, "param": "body.model",
+                         "message": f"The model {line_model!r} differs from the batch's model "
+                         f"{model!r}; a batch may use one model only."}, count, model, tokens)
+            messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+            rf = body.get("response_format") or {}
+            schema = (rf.get("json_schema") or {}).get("schema") if isinstance(rf, dict) else None
+            tokens += count_prompt_tokens([m for m in messages if isinstance(m, dict)],
+                                          schema=schema)
+    if count == 0:
+        return ({"code": "empty_file", "line": None, "param": None,
+                 "message": "The batch input file is empty."}, 0, model, 0)
+    return None, count, model, tokens
+
+
+def batch_object(state: EmulatorState, job: BatchJob) -> dict[str, Any]:
+    """The OpenAI Batch object of `job` as it is now."""
+    view = state.view(job)
+    obj: dict[str, Any] = {
+        "id": job.id, "object": "batch", "endpoint": job.endpoint, "model": job.model,
+        "errors": None, "input_file_id": job.input_file_id, "completion_window": "24h",
+        "status": view.phase, "output_file_id": None, "error_file_id": None,
+        "created_at": int(job.created_at),
+        "in_progress_at": int(view.in_progress_at) if view.in_progress_at else None,
+        "expires_at": int(job.created_at + state.config.timing.expiry_seconds),
+        "finalizing_at": int(view.finalizing_at) if view.finalizing_at else None,
+        "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+        "cancelled_at": None,
+        "request_counts": {"total": job.total, "completed": 0, "failed": 0},
+        "usage": None, "metadata": job.metadata,
+    }
+    if job.cancel_requested_at is not None:
+        obj["cancelling_at"] = int(job.cancel_requested_at)
+    if view.phase in PHASE_STAMPS and view.ended_at:
+        obj[PHASE_STAMPS[view.phase]] = int(view.ended_at)
+    if view.phase == "failed":
+        obj["errors"] = {"object": "list", "data": [job.failure]}
+        obj["request_counts"] = {"total": job.total if job.failure.get("code") not in (
+            "invalid_json_line",) else 0, "completed": 0, "failed": 0}
+    elif job.finalized:
+        results = job.results
+        obj.update(output_file_id=results["output_file_id"],
+                   error_file_id=results["error_file_id"], usage=results["usage"])
+        obj["request_counts"] = {"total": job.total, "completed": results["completed"],
+                                 "failed": results["failed"]}
+    else:
+        ok, errored = job.counts(view.done)
+        obj["request_counts"] = {"total": job.total, "completed": ok, "failed": errored}
+    return obj
+
+
+def build_router(state: EmulatorState) -> APIRouter:
+    """Routes of the OpenAI surface, bound to `state`."""
+    router = APIRouter()
+
+    @router.post("/v1/files")
+    def upload_file(file: Annotated[UploadFile, File()],
+                    purpose: Annotated[str, Form()]) -> Any:
+        if purpose not in ("batch", "batch_output", "user_data", "fine-tune", "assistants",
+                           "vision", "evals"):
+            return openai_error(400, f"Invalid purpose {purpose!r}.", param="purpose")
+        stored = state.files.save_stream(file.file, file.filename or "upload.jsonl", purpose)
+        return stored.to_api()
+
+    @router.get("/v1/files")
+    def list_files(after: str | None = None, limit: int = 10_000, order: str = "desc",
+                   purpose: str | None = None) -> Any:
+        files = [f.to_api() for f in state.files.all() if purpose in (None, f.purpose)]
+        if order == "desc":
+            files.reverse()
+        return _page(files, after, max(1, min(limit, 10_000)))
+
+    @router.get("/v1/files/{file_id}")
+    def retrieve_file(file_id: str) -> Any:
+        stored = state.files.get(file_id)
+        if stored is None:
+            return openai_error(404, f"No such File object: {file_id}", param="id")
+        return stored.to_api()
+
+    @router.get("/v1/files/{file_id}/content")
+    def file_content(file_id: str) -> Any:
+        stored = state.files.get(file_id)
+        if stored is None:
+            return openai_error(404, f"No such File object: {file_id}", param="id")
+        return FileResponse(stored.path, media_type="application/octet-stream")
+
+    @router.delete("/v1/files/{file_id}")
+    def delete_file(file_id: str) -> Any:
+        if not state.files.delete(file_id):
+            return openai_error(404, f"No such File object: {file_id}", param="id")
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    @router.post("/v1/batches")
+    async def create_batch(request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            return openai_error(400, "The request body is not valid JSON.")
+        return await asyncio.to_thread(_create_batch, body)
+
+    def _create_batch(body: dict[str, Any]) -> Any:
+        endpoint = body.get("endpoint")
+        if endpoint not in ENDPOINTS:
+            return openai_error(400, f"Invalid endpoint {endpoint!r}.", param="endpoint")
+        if body.get("completion_window") != "24h":
+            return openai_error(400, "completion_window must be '24h'.",
+                                param="completion_window")
+        metadata = body.get("metadata") or None
+        if metadata is not None:
+            bad = len(metadata) > 16 or any(
+                len(str(k)) > 64 or not isinstance(v, str) or len(v) > 512
+                for k, v in metadata.items())
+            if bad:
+                return openai_error(400, "metadata: at most 16 pairs, keys <= 64 chars, "
+                                    "string values <= 512 chars.", param="metadata")
+        stored = state.files.get(body.get("input_file_id", ""))
+        if stored is None:
+            return openai_error(400, f"No such File object: {body.get('input_file_id')}",
+                                param="input_file_id")
+        if stored.purpose != "batch":
+            return openai_error(400, "The input file must have purpose 'batch'.",
+                                param="input_file_id")
+        now = time.time()
+        job_id = state.next_id("batch_emu")
+        if stored.bytes > state.config.limits.openai_max_file_bytes:
+            failure, count, model, tokens = ({
+                "code": "file_too_large", "line": None, "param": None,
+                "message": f"The input file is larger than the "
+                f"{state.config.limits.openai_max_file_bytes} byte limit."}, 0, None, 0)
+        else:
+            failure, count, model, tokens = validate_input(state, stored.path, endpoint)
+        job = BatchJob(id=job_id, provider="openai", input_path=stored.path, total=count,
+                       created_at=now, model=model, endpoint=endpoint,
+                       input_file_id=stored.id, metadata=metadata, enqueued_tokens=tokens,
+                       failure=failure, fate=state.batch_fate(job_id))
+        with state.lock:
+            limit = state.config.limits.openai_enqueued_tokens
+            if failure is None and model is not None:
+                enqueued = state.active_enqueued_tokens(model, now)
+                if enqueued + tokens > limit:
+                    job.failure = {
+                        "code": "token_limit_exceeded", "line": None, "param": None,
+                        "message": f"Enqueued token limit reached for {model}: {enqueued} "
+                        f"enqueued + {tokens} > {limit}."}
+            if job.failure is None and job.fate == "fail":
+                job.failure = {"code": "batch_failed", "line": None, "param": None,
+                               "message": "The batch failed (emulated whole-batch fault)."}
+            state.register(job)
+        return batch_object(state, job)
+
+    @router.get("/v1/batches")
+    def list_batches(after: str | None = None, limit: int = 20) -> Any:
+        if not 1 <= limit <= 100:
+            return openai_error(400, "limit must be between 1 and 100.", param="limit")
+        jobs = sorted((j for j in state.jobs.values() if j.provider == "openai"),
+                      key=lambda j: j.id, reverse=True)
+        ids = [j.id for j in jobs]
+        start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
+        window = jobs[start : start + limit]
+        page = {"object": "list", "data": [batch_object(state, j) for j in window]}
+        page.update(first_id=window[0].id if window else None,
+                    last_id=window[-1].id if window else None,
+                    has_more=start + limit < len(jobs))
+        return page
+
+    def _job(batch_id: str) -> BatchJob | None:
+        job = state.jobs.get(batch_id)
+        return job if job is not None and job.provider == "openai" else None
+
+    @router.get("/v1/batches/{batch_id}")
+    def retrieve_batch(batch_id: str) -> Any:
+        job = _job(batch_id)
+        if job is None:
+            return openai_error(404, f"No batch found with id '{batch_id}'.")
+        return batch_object(state, job)
+
+    @router.post("/v1/batches/{batch_id}/cancel")
+    def cancel_batch(batch_id: str) -> Any:
+        job = _job(batch_id)
+        if job is None:
+            return openai_error(404, f"No batch found with id '{batch_id}'.")
+        with job.lock:
+            view = job.view(time.time(), state.config)
+            if view.phase in ("completed", "failed", "expired", "cancelled", "cancelling"):
+                return openai_error(409, f"Cannot cancel a batch with status {view.phase!r}.")
+            job.cancel_cut = view.done
+            job.cancel_requested_at = time.time()
+        return batch_object(state, job)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        state.stats["openai_live_calls"] += 1
+        await asyncio.sleep(state.live_latency())
+        fault = state.live_fault("openai")
+        if fault is not None:
+            status, retry_after = fault
+            status = 503 if status == 529 else status
+            headers = {}
+            if status == 429:
+                wait = retry_after if retry_after is not None else (
+                    state.config.faults.retry_after_seconds)
+                headers = {"retry-after": f"{wait:g}", "retry-after-ms": str(int(wait * 1000))}
+            return openai_error(status, FAULT_MESSAGES[status], headers=headers,
+                                code="rate_limit_exceeded" if status == 429 else None)
+        try:
+            body = await request.json()
+            answer = state.engine.openai_chat(body, Lane.LIVE)
+        except ValueError:
+            return openai_error(400, "The request body is not valid JSON.")
+        except InvalidRequest as error:
+            return openai_error(error.status, error.message, param=error.param, code=error.code)
+        request_id = f"req_{answer.body['id'][-16:]}"
+        state.billing.add([state.billing.row("openai", Lane.LIVE, answer.model, answer.usage,
+                                             request_id=request_id)])
+        headers = {"x-request-id": request_id, "x-ratelimit-limit-requests": "10000",
+                   "x-ratelimit-remaining-requests": "9999",
+                   "x-ratelimit-reset-requests": "6ms", "x-ratelimit-limit-tokens": "10000000",
+                   "x-ratelimit-remaining-tokens": "9999000", "x-ratelimit-reset-tokens": "6ms"}
+        return JSONResponse(answer.body, headers=headers)
+
+    return router

@@ -1,0 +1,141 @@
+"""The emulator's shared state: config, engine, files, billing, jobs and live faults."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lanewise.emulator.config import EmulatorConfig, Faults
+from lanewise.emulator.engine import ModelEngine
+from lanewise.emulator.jobs import BatchJob, BatchWorker, JobView, unit_draw
+from lanewise.emulator.store import BillingRecord, FileStore
+from lanewise.pricing import PriceTable
+
+
+@dataclass
+class ScriptedFault:
+    """Answer the next `count` live calls (of `provider`, or any) with `status`."""
+
+    status: int
+    count: int = 1
+    provider: str | None = None
+    retry_after: float | None = None
+
+
+class EmulatorState:
+    """Everything the HTTP layer reads and changes."""
+
+    def __init__(self, config: EmulatorConfig, state_dir: Path, prices: PriceTable) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self.engine = ModelEngine(prices)
+        self.files = FileStore(state_dir)
+        self.billing = BillingRecord(state_dir, prices)
+        self.jobs: dict[str, BatchJob] = {}
+        self.jobs_dir = state_dir / "batches"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._live_rng = random.Random(config.faults.seed)
+        self.scripted: list[ScriptedFault] = []
+        self.stats: dict[str, int] = {
+            "openai_batches_created": 0, "anthropic_batches_created": 0,
+            "openai_live_calls": 0, "anthropic_live_calls": 0, "live_faults": 0,
+        }
+        # Imported here to avoid a cycle: the processors need the state's engine.
+        from lanewise.emulator.batch_process import process_request
+        self.worker = BatchWorker(lambda job, line: process_request(self, job, line), config)
+
+    def next_id(self, prefix: str) -> str:
+        """A fresh id; ids of one kind sort in creation order."""
+        return f"{prefix}{next(self._ids):010d}"
+
+    def set_faults(self, faults: Faults) -> None:
+        """Swap fault settings at run time; reseeds the live-call draws."""
+        with self.lock:
+            self.config.faults = faults
+            self._live_rng = random.Random(faults.seed)
+
+    def batch_fate(self, batch_id: str) -> str:
+        """Whether a new batch completes, expires or fails (a seeded draw)."""
+        faults = self.config.faults
+        draw = unit_draw(faults.seed, "batch", batch_id)
+        if draw < faults.batch_fail_rate:
+            return "fail"
+        if draw < faults.batch_fail_rate + faults.batch_expire_rate:
+            return "expire"
+        return "complete"
+
+    def live_fault(self, provider: str) -> tuple[int, float | None] | None:
+        """The fault (status, retry-after) this live call gets, if any."""
+        with self.lock:
+            for scripted in self.scripted:
+                if scripted.provider in (None, provider) and scripted.count > 0:
+                    scripted.count -= 1
+                    self.scripted = [s for s in self.scripted if s.count > 0]
+                    self.stats["live_faults"] += 1
+                    return scripted.status, scripted.retry_after
+            faults = self.config.faults
+            draw = self._live_rng.random()
+            table = [(faults.rate_limit_rate, 429), (faults.server_error_rate, 500),
+                     (faults.unavailable_rate, 503)]
+            if provider == "anthropic":
+                table.append((faults.overloaded_rate, 529))
+            threshold = 0.0
+            for rate, status in table:
+                threshold += rate
+                if draw < threshold:
+                    self.stats["live_faults"] += 1
+                    return status, None
+        return None
+
+    def live_latency(self) -> float:
+        """Seconds to wait before answering a live call."""
+        faults = self.config.faults
+        if faults.latency_ms <= 0 and faults.latency_jitter_ms <= 0:
+            return 0.0
+        with self.lock:
+            jitter = self._live_rng.uniform(-faults.latency_jitter_ms, faults.latency_jitter_ms)
+        return max(faults.latency_ms + jitter, 0.0) / 1000
+
+    def active_enqueued_tokens(self, model: str, now: float) -> int:
+        """Input tokens of OpenAI batches for `model` that are not yet terminal."""
+        total = 0
+        for job in list(self.jobs.values()):
+            if job.provider == "openai" and job.model == model and job.failure is None:
+                if self.view(job, now).phase not in ("completed", "failed", "expired",
+                                                     "cancelled"):
+                    total += job.enqueued_tokens
+        return total
+
+    def view(self, job: BatchJob, now: float | None = None) -> JobView:
+        """The job's state now, finalizing its files the first time it is terminal."""
+        from lanewise.emulator.batch_process import finalize
+
+        now = time.time() if now is None else now
+        view = job.view(now, self.config)
+        if view.phase in ("completed", "expired", "cancelled") and not job.finalized:
+            finalize(self, job, view)
+        return view
+
+    def register(self, job: BatchJob) -> None:
+        """Track a new job and hand it to the worker unless it already failed."""
+        with self.lock:
+            self.jobs[job.id] = job
+            self.stats[f"{job.provider}_batches_created"] += 1
+        if job.failure is None:
+            self.worker.submit(job)
+
+    def close(self) -> None:
+        """Stop the worker."""
+        self.worker.stop()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for tests and operators."""
+        with self.lock:
+            return dict(self.stats, batches=len(self.jobs))

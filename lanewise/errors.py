@@ -1,0 +1,77 @@
+"""Every error lanewise raises on purpose.
+
+The hierarchy::
+
+    LanewiseError                     base of everything below
+    ├── ConfigurationError            settings, catalog or price table are wrong
+    │   └── MissingCredentialsError   no API key where one is needed (says how to set one)
+    ├── InputError                    an input row or file is unusable (names row and field)
+    ├── ProviderError                 a provider call failed (adapters translate SDK errors)
+    │   ├── TransientProviderError    worth retrying: 429, 5xx, 529, timeouts, connection drops
+    │   └── PermanentProviderError    not worth retrying: 4xx other than 408/409/429
+    ├── BatchError                    a provider batch ended badly as a whole (failed, vanished)
+    └── LedgerError                   the ledger cannot be read or written as expected
+
+Adapters raise only these; the CLI turns them into one-line messages at its boundary.
+"""
+
+from __future__ import annotations
+
+
+class LanewiseError(Exception):
+    """Base class of every error lanewise raises on purpose."""
+
+
+class ConfigurationError(LanewiseError):
+    """Settings, the task catalog or the price table are wrong or incomplete."""
+
+
+class MissingCredentialsError(ConfigurationError):
+    """A provider needs an API key and none is configured."""
+
+    def __init__(self, provider: str, env_var: str, block_type: str) -> None:
+        super().__init__(
+            f"No API key for {provider}. Set the environment variable {env_var}, "
+            f"or save a {block_type!r} Prefect block and point LANEWISE_{provider.upper()}"
+            "_CREDENTIALS_BLOCK at it. Without a key lanewise uses its local emulator."
+        )
+        self.provider = provider
+
+
+class InputError(LanewiseError):
+    """An input row or file cannot be used; the message names the row and the field."""
+
+    def __init__(self, message: str, *, row: int | None = None, field: str | None = None):
+        where = []
+        if row is not None:
+            where.append(f"row {row}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.row = row
+        self.field = field
+        self.reason = message
+
+
+class ProviderError(LanewiseError):
+    """A call to a provider failed."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class TransientProviderError(ProviderError):
+    """A provider failure worth retrying (rate limit, overload, server error, network)."""
+
+
+class PermanentProviderError(ProviderError):
+    """A provider failure that retrying will not fix (bad request, auth, not found)."""
+
+
+class BatchError(LanewiseError):
+    """A provider batch ended badly as a whole."""
+
+
+class LedgerError(LanewiseError):
+    """The ledger cannot be read or written as expected."""

@@ -1,0 +1,73 @@
+"""All of lanewise's settings, read from `LANEWISE_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+
+class Settings(BaseSettings):
+    """lanewise's settings; every field can be set as `LANEWISE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="LANEWISE_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".lanewise"),
+        description="Folder for the default SQLite ledger and the default storage root.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the ledger; default is a SQLite file under `home`.",
+    )
+    storage_root: str | None = Field(
+        default=None,
+        description="fsspec URL for inputs, JSONL sent, raw outputs and results "
+        "(a folder or s3://bucket/prefix); default is `home`/storage.",
+    )
+    prices_path: Path = Field(
+        default=DATA_DIR / "prices.json",
+        description="The per-model price table (standard, cached and batch rates).",
+    )
+    catalog_path: Path = Field(
+        default=DATA_DIR / "catalog.json",
+        description="The task catalog: one entry per AI task of the product.",
+    )
+    emulator_url: str | None = Field(
+        default=None,
+        description="Base URL of an emulator already running (e.g. http://127.0.0.1:8765); "
+        "when unset and no API key is configured, an in-process emulator is started.",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        description="OpenAI key (local fallback; prefer a Prefect block). Also read from "
+        "OPENAI_API_KEY.",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        description="Anthropic key (local fallback; prefer a Prefect block). Also read from "
+        "ANTHROPIC_API_KEY.",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The ledger URL, defaulting to a SQLite file under `home`."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'ledger.sqlite3').resolve()}"
+
+    @property
+    def resolved_storage_root(self) -> str:
+        """The storage root URL, defaulting to a folder under `home`."""
+        return self.storage_root or str((self.home / "storage").resolve())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
