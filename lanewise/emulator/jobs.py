@@ -118,7 +118,7 @@ class BatchJob:
         return min(self.processed, by_clock)
 
     def _all_done_at(self, start: float, batch_seconds: float) -> float | None:
-        if self.fate != "complete" or self.worker_done_at is None:
+        if self.fate == "expire" or self.worker_done_at is None:
             return None
         return max(start + batch_seconds, self.worker_done_at)
 

@@ -1,0 +1,93 @@
+"""Shared fixtures: one in-process emulator per session, reset before each test."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from lanewise.emulator import (  # noqa: E402 - the environment above must be set first
+    EmulatorConfig,
+    Faults,
+    Limits,
+    RunningEmulator,
+    Timing,
+    running_emulator,
+)
+
+FAST = Timing(batch_seconds=0.3, validating_seconds=0.05, finalizing_seconds=0.05,
+              cancel_seconds=0.05, expiry_seconds=30)
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[RunningEmulator]:
+    with running_emulator(EmulatorConfig(timing=FAST.model_copy())) as emu:
+        yield emu
+
+
+@pytest.fixture()
+def emulator(emulator_session: RunningEmulator) -> RunningEmulator:
+    """The session's emulator with default faults, limits and fast timing."""
+    state = emulator_session.state
+    state.set_faults(Faults())
+    state.config.timing = FAST.model_copy()
+    state.config.limits = Limits()
+    state.config.api_key = None
+    with state.lock:
+        state.scripted.clear()
+    return emulator_session
+
+
+@pytest.fixture()
+def oai(emulator: RunningEmulator) -> openai.OpenAI:
+    return openai.OpenAI(base_url=emulator.openai_base_url, api_key="sk-test", max_retries=0)
+
+
+@pytest.fixture()
+def claude(emulator: RunningEmulator) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=emulator.anthropic_base_url, api_key="sk-ant-test",
+                               max_retries=0)
+
+
+@pytest.fixture()
+def control(emulator: RunningEmulator) -> httpx.Client:
+    with httpx.Client(base_url=f"{emulator.url}/_emulator") as client:
+        yield client
+
+
+def chat_line(custom_id: str, text: str = "Summarize.\n\nThe export fails. Help.",
+              model: str = "gpt-4o-mini", **body: Any) -> dict[str, Any]:
+    """One OpenAI batch input line."""
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": text}], **body}}
+
+
+def upload_lines(client: openai.OpenAI, lines: list[Any]) -> str:
+    """Upload JSONL (dicts are dumped, strings sent verbatim) and return the file id."""
+    payload = "".join((json.dumps(x) if not isinstance(x, str) else x) + "\n" for x in lines)
+    return client.files.create(file=("in.jsonl", io.BytesIO(payload.encode())),
+                               purpose="batch").id
+
+
+def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20) -> Any:
+    """Poll `fetch` until `done` says so."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not done(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting; last value {value}")
+        time.sleep(0.05)
+        value = fetch()
+    return value
+
+
+OPENAI_TERMINAL = ("completed", "failed", "expired", "cancelled")
