@@ -105,6 +105,7 @@ def test_files_round_trip_and_pagination(oai):
 
 def test_batch_lifecycle_advances_and_completes(oai, emulator):
     emulator.state.config.timing.batch_seconds = 1.0
+    emulator.state.config.timing.finalizing_seconds = 0.5
     file_id = upload_lines(oai, [chat_line(f"r{i}") for i in range(20)])
     batch = oai.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                completion_window="24h", metadata={"shard": "s1"})
