@@ -1,0 +1,5 @@
+"""Prefect block types of lanewise."""
+
+from blocks.provider_credentials import ProviderCredentials
+
+__all__ = ["ProviderCredentials"]

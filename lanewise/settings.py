@@ -35,13 +35,38 @@ class Settings(BaseSettings):
         description="The per-model price table (standard, cached and batch rates).",
     )
     catalog_path: Path = Field(
-        default=DATA_DIR / "catalog.json",
+        default=DATA_DIR / "catalog.yaml",
         description="The task catalog: one entry per AI task of the product.",
     )
     emulator_url: str | None = Field(
         default=None,
         description="Base URL of an emulator already running (e.g. http://127.0.0.1:8765); "
         "when unset and no API key is configured, an in-process emulator is started.",
+    )
+    openai_credentials_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-provider-credentials` block for OpenAI.",
+    )
+    anthropic_credentials_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-provider-credentials` block for Anthropic.",
+    )
+    openai_enqueued_token_budget: int = Field(
+        default=2_000_000,
+        description="Estimated input tokens one OpenAI batch may enqueue (your tier's "
+        "per-model enqueued-token limit).",
+    )
+    poll_initial_seconds: float = Field(
+        default=1.0, description="First wait between batch status polls.")
+    poll_max_seconds: float = Field(
+        default=60.0, description="Cap of the doubling wait between batch status polls.")
+    batch_timeout_hours: float = Field(
+        default=25.0, description="Give up awaiting a batch after this long (providers "
+        "expire batches at 24 h).")
+    use_emulator: bool = Field(
+        default=True,
+        description="With no API key configured, call the emulator; set false in production "
+        "so a missing key is an error instead.",
     )
     openai_api_key: SecretStr | None = Field(
         default=None,

@@ -1,0 +1,160 @@
+"""Planning: input rows become ledger items and shard files (first round and retries)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
+from lanewise.errors import ConfigurationError
+from lanewise.inputs import InputRow, read_rows
+from lanewise.requests import PreparedRequest, RowRejection, custom_id_for, prepare
+from lanewise.sharding import ClosedShard, ShardWriter, encode_line
+from lanewise.tokens import count_prompt_tokens
+
+PLAN_CHUNK = 5000
+
+
+def _chunks(rows: Iterator[InputRow], size: int) -> Iterator[list[InputRow]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
+def _rejection(rejection: RowRejection) -> dict[str, Any]:
+    return {"row_number": rejection.row, "input_key": rejection.key, "status": "rejected",
+            "error_field": rejection.field,
+            "error_reason": f"row {rejection.row}, field {rejection.field!r}: {rejection.reason}"}
+
+
+def open_run(ctx: LaneContext, run_key: str, input_url: str,
+             window: DateWindow | None = None) -> int:
+    """Open (or resume) the run for `run_key`; plan it unless planning already finished."""
+    task = ctx.task
+    run, created = ctx.ledger.open_run(run_key, task.name, task.provider, task.model, input_url)
+    if run["task"] != task.name:
+        raise ConfigurationError(f"run key {run_key!r} belongs to task {run['task']!r}, "
+                                 f"not {task.name!r}")
+    if run["status"] == "planning":
+        if not created:
+            ctx.ledger.reset_planning(run["id"])  # a crash mid-planning: nothing was sent
+        plan_first_round(ctx, run["id"], run_key, input_url, window)
+        ctx.ledger.set_run(run["id"], status="running")
+    return run["id"]
+
+
+def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str,
+                     window: DateWindow | None) -> None:
+    """Read the input in chunks, record every row, and write round-0 shard files."""
+    writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
+                         ctx.adapter.limits, ctx.token_budget)
+    date_column = ctx.task.input.date_column
+    for chunk in _chunks(read_rows(input_url), PLAN_CHUNK):
+        accepted: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        requests: dict[int, PreparedRequest] = {}
+        first_row_of_key: dict[str, int] = {}
+        for row in chunk:
+            if window is not None and date_column:
+                inside = window.contains(row.values.get(date_column))
+                if inside is False:
+                    continue
+                if inside is None and row.problem is None:
+                    row.problem = (date_column, "missing or unreadable date")
+            outcome = prepare(ctx.task, row)
+            if isinstance(outcome, RowRejection):
+                rejected.append(_rejection(outcome))
+                continue
+            if outcome.key in first_row_of_key:
+                rejected.append(_rejection(RowRejection(
+                    row.number, outcome.key, ctx.task.input.key,
+                    f"duplicate key (first at row {first_row_of_key[outcome.key]})")))
+                continue
+            first_row_of_key[outcome.key] = row.number
+            requests[row.number] = outcome
+            accepted.append({"row_number": row.number, "input_key": outcome.key,
+                             "dedup_key": outcome.key, "custom_id": custom_id_for(outcome.key, 0),
+                             "status": "pending", "excerpted": outcome.excerpted})
+        inserted = ctx.ledger.add_items(run_id, accepted, rejected)
+        duplicates = [_rejection(RowRejection(a["row_number"], a["input_key"],
+                                              ctx.task.input.key,
+                                              "duplicate key (seen in an earlier row)"))
+                      for a in accepted if a["row_number"] not in inserted]
+        if duplicates:
+            ctx.ledger.add_items(run_id, [], duplicates)
+        for item in accepted:
+            if item["row_number"] not in inserted:
+                continue
+            request = requests[item["row_number"]]
+            body = ctx.adapter.request_body(ctx.task, request)
+            line = encode_line(ctx.adapter.batch_line(item["custom_id"], body))
+            closed = writer.add(item["custom_id"], line, request.estimated_tokens)
+            if closed is not None:
+                _record_shard(ctx, run_id, run_key, 0, closed, attempts=None)
+    closed = writer.close()
+    if closed is not None:
+        _record_shard(ctx, run_id, run_key, 0, closed, attempts=None)
+
+
+def _record_shard(ctx: LaneContext, run_id: int, run_key: str, round_number: int,
+                  closed: ClosedShard, attempts: dict[str, tuple[str, int]] | None) -> int:
+    """Ledger the shard; `attempts` maps new custom_id -> (old custom_id, attempt)."""
+    shard = {"shard_key": f"{run_key}/r{round_number}/s{closed.index}",
+             "attempt": round_number, "jsonl_url": closed.url,
+             "request_count": closed.request_count, "bytes": closed.bytes,
+             "estimated_tokens": closed.estimated_tokens}
+    if attempts is None:
+        assignments = [{"b_custom_id": c, "custom_id": c, "attempt": 0}
+                       for c in closed.custom_ids]
+    else:
+        assignments = [{"b_custom_id": attempts[c][0], "custom_id": c,
+                        "attempt": attempts[c][1]} for c in closed.custom_ids]
+    return ctx.ledger.add_shard(run_id, shard, assignments)
+
+
+def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
+    """Put every item waiting for a retry into follow-up shards, copying its request line."""
+    shard_rows = ctx.ledger.shards(run_id)
+    round_number = max((s["attempt"] for s in shard_rows), default=-1) + 1
+    waiting: dict[int, dict[str, dict[str, Any]]] = {}
+    for item in ctx.ledger.iter_items(run_id, status="retry",
+                                      columns=("row_number", "custom_id", "shard_id",
+                                               "input_key", "attempt")):
+        waiting.setdefault(item["shard_id"], {})[item["custom_id"]] = item
+    if not waiting:
+        return
+    existing = sum(1 for s in shard_rows if s["attempt"] == round_number)
+    writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r{round_number}/shard",
+                         ctx.adapter.limits, ctx.token_budget, first_index=existing)
+    attempts: dict[str, tuple[str, int]] = {}
+    for shard in shard_rows:
+        wanted = waiting.get(shard["id"])
+        if not wanted:
+            continue
+        with ctx.storage.open(shard["jsonl_url"], "rb") as source:
+            for raw in source:
+                line = json.loads(raw)
+                item = wanted.get(line["custom_id"])
+                if item is None:
+                    continue
+                attempt = item["attempt"] + 1
+                new_id = custom_id_for(item["input_key"], attempt)
+                attempts[new_id] = (line["custom_id"], attempt)
+                line["custom_id"] = new_id
+                closed = writer.add(new_id, encode_line(line), _estimate(line))
+                if closed is not None:
+                    _record_shard(ctx, run_id, run_key, round_number, closed, attempts)
+    closed = writer.close()
+    if closed is not None:
+        _record_shard(ctx, run_id, run_key, round_number, closed, attempts)
+    lost = [{"b_custom_id": custom_id, "status": "failed",
+             "error_reason": "retry impossible: the request line is missing from its shard file"}
+            for items in waiting.values() for custom_id in items
+            if custom_id not in {old for old, _ in attempts.values()}]
+    ctx.ledger.update_items(run_id, lost, where_status="retry")
+
+
+def _estimate(line: dict[str, Any]) -> int:
+    body = line.get("body") or line.get("params") or {}
+    return count_prompt_tokens(body.get("messages") or [], system=body.get("system"))

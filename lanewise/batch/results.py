@@ -1,0 +1,140 @@
+"""A run's outputs: the results Parquet file and the cost summary."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lanewise.batch.context import LaneContext, storage_prefix
+from lanewise.pricing import from_picodollars
+
+RESULT_CHUNK = 5000
+COST_TYPE = pa.decimal128(24, 12)
+
+
+@dataclass
+class RunSummary:
+    """What a run did and what it cost, against the same work on the live lane."""
+
+    run_key: str
+    task: str
+    provider: str
+    model: str
+    rows: int
+    counts: dict[str, int]
+    reasons: list[tuple[str, str, int]]
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    cost_usd: Decimal
+    live_cost_usd: Decimal
+    shards: int
+    batch_ids: list[str] = field(default_factory=list)
+    results_url: str | None = None
+
+    @property
+    def saving_usd(self) -> Decimal:
+        """What the batch lane saved against the live lane."""
+        return self.live_cost_usd - self.cost_usd
+
+    def cost_rows(self) -> list[dict[str, Any]]:
+        """The summary as table rows (for Prefect table artifacts and the CLI)."""
+        return [
+            {"metric": "rows", "value": self.rows},
+            *({"metric": status, "value": n} for status, n in sorted(self.counts.items())),
+            {"metric": "input tokens", "value": self.input_tokens},
+            {"metric": "cached input tokens", "value": self.cached_input_tokens},
+            {"metric": "output tokens", "value": self.output_tokens},
+            {"metric": "cost (batch) USD", "value": f"{self.cost_usd:.6f}"},
+            {"metric": "same work live USD", "value": f"{self.live_cost_usd:.6f}"},
+            {"metric": "saving USD", "value": f"{self.saving_usd:.6f}"},
+        ]
+
+    def markdown(self) -> str:
+        """A readable markdown summary of the run."""
+        lines = [f"# {self.task}: run `{self.run_key}`", "",
+                 f"{self.provider} / {self.model}, {self.shards} shard(s), "
+                 f"results: `{self.results_url}`", "",
+                 "| metric | value |", "|---|---:|"]
+        lines += [f"| {r['metric']} | {r['value']} |" for r in self.cost_rows()]
+        if self.reasons:
+            lines += ["", "## Not succeeded, by reason", "", "| status | reason | rows |",
+                      "|---|---|---:|"]
+            lines += [f"| {s} | {r.replace('|', '/')} | {n} |" for s, r, n in self.reasons[:30]]
+        return "\n".join(lines) + "\n"
+
+
+def summarize(ctx: LaneContext, run_id: int) -> RunSummary:
+    """Roll the run's items up into a summary (costs from the ledger, exact)."""
+    run = ctx.ledger.run(run_id)
+    totals = ctx.ledger.totals(run_id)
+    counts = ctx.ledger.count_items(run_id)
+    shard_rows = ctx.ledger.shards(run_id)
+    return RunSummary(
+        run_key=run["run_key"], task=run["task"], provider=run["provider"], model=run["model"],
+        rows=sum(counts.values()), counts=counts, reasons=ctx.ledger.reasons(run_id),
+        input_tokens=totals["input_tokens"], cached_input_tokens=totals["cached_input_tokens"],
+        cache_write_tokens=totals["cache_write_tokens"], output_tokens=totals["output_tokens"],
+        cost_usd=from_picodollars(totals["cost_picodollars"]),
+        live_cost_usd=from_picodollars(totals["live_cost_picodollars"]),
+        shards=len(shard_rows),
+        batch_ids=[s["provider_batch_id"] for s in shard_rows if s["provider_batch_id"]],
+        results_url=run["results_url"])
+
+
+def _schema(fields: list[str]) -> pa.Schema:
+    columns = [("row_number", pa.int64()), ("input_key", pa.string()), ("status", pa.string()),
+               ("error_field", pa.string()), ("error_reason", pa.string()),
+               ("excerpted", pa.bool_()), ("attempt", pa.int64()), ("raw_text", pa.string())]
+    columns += [(f"output_{name}", pa.string()) for name in fields]
+    columns += [("input_tokens", pa.int64()), ("cached_input_tokens", pa.int64()),
+                ("cache_write_tokens", pa.int64()), ("output_tokens", pa.int64()),
+                ("cost_usd", COST_TYPE)]
+    return pa.schema(columns)
+
+
+def _parsed(text: str | None, status: str, fields: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {f"output_{name}": None for name in fields}
+    if status != "succeeded" or not text or not fields:
+        return values
+    parsed = json.loads(text)
+    for name in fields:
+        value = parsed.get(name)
+        values[f"output_{name}"] = value if isinstance(value, str) or value is None \
+            else json.dumps(value)
+    return values
+
+
+def write_results(ctx: LaneContext, run_id: int) -> str:
+    """Stream the run's items into one results Parquet file; returns its URL."""
+    run = ctx.ledger.run(run_id)
+    fields = ctx.task.output.fields()
+    schema = _schema(fields)
+    url = ctx.storage.url(f"{storage_prefix(run['run_key'])}/results.parquet")
+    with ctx.storage.open(url, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        chunk: list[dict[str, Any]] = []
+        for item in ctx.ledger.iter_items(run_id):
+            chunk.append({
+                "row_number": item["row_number"], "input_key": item["input_key"],
+                "status": item["status"], "error_field": item["error_field"],
+                "error_reason": item["error_reason"], "excerpted": bool(item["excerpted"]),
+                "attempt": item["attempt"], "raw_text": item["output_text"],
+                **_parsed(item["output_text"], item["status"], fields),
+                "input_tokens": item["input_tokens"],
+                "cached_input_tokens": item["cached_input_tokens"],
+                "cache_write_tokens": item["cache_write_tokens"],
+                "output_tokens": item["output_tokens"],
+                "cost_usd": from_picodollars(item["cost_picodollars"]),
+            })
+            if len(chunk) >= RESULT_CHUNK:
+                writer.write_table(pa.Table.from_pylist(chunk, schema))
+                chunk = []
+        if chunk:
+            writer.write_table(pa.Table.from_pylist(chunk, schema))
+    return url

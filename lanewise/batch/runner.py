@@ -1,0 +1,101 @@
+"""The batch lane's one loop, driven either directly or through Prefect tasks.
+
+`run_batch_lane` decides the order of steps; a `Steps` object says how each step is
+executed. `LocalSteps` calls the core functions in this process; the Prefect flow
+passes steps that run them as Prefect tasks (one per shard step), so the loop lives
+here once and the flow only wires.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from lanewise.batch.context import DateWindow, LaneContext
+from lanewise.batch.planning import open_run, plan_retries
+from lanewise.batch.results import RunSummary, summarize, write_results
+from lanewise.batch.steps import await_shard, collect_shard, submit_shard
+from lanewise.errors import BatchError
+
+MAX_ROUNDS = 20
+
+
+class Steps(Protocol):
+    """How each step of a run is executed."""
+
+    def plan(self, run_key: str, input_url: str, window: DateWindow | None) -> int: ...
+    def next_shards(self, run_id: int, run_key: str) -> list[int]: ...
+    def submit(self, shard_id: int) -> None: ...
+    def await_(self, shard_id: int) -> None: ...
+    def collect(self, shard_id: int) -> None: ...
+    def finish(self, run_id: int) -> RunSummary: ...
+
+
+def next_shards(ctx: LaneContext, run_id: int, run_key: str) -> list[int]:
+    """Plan follow-up shards for retries, then list every shard not yet collected."""
+    plan_retries(ctx, run_id, run_key)
+    return [s["id"] for s in ctx.ledger.shards(run_id) if s["status"] != "collected"]
+
+
+def finish_run(ctx: LaneContext, run_id: int) -> RunSummary:
+    """Write the results file, close the run, and summarize it."""
+    unfinished = ctx.ledger.unfinished_items(run_id)
+    if unfinished:
+        raise BatchError(f"run {run_id} still has {unfinished} unfinished items")
+    url = write_results(ctx, run_id)
+    ctx.ledger.set_run(run_id, status="finished", results_url=url, finished_at=time.time())
+    return summarize(ctx, run_id)
+
+
+@dataclass
+class LocalSteps:
+    """Every step as a plain call in this process (no Prefect)."""
+
+    ctx: LaneContext
+
+    def plan(self, run_key: str, input_url: str, window: DateWindow | None) -> int:
+        return open_run(self.ctx, run_key, input_url, window)
+
+    def next_shards(self, run_id: int, run_key: str) -> list[int]:
+        return next_shards(self.ctx, run_id, run_key)
+
+    def submit(self, shard_id: int) -> None:
+        submit_shard(self.ctx, shard_id)
+
+    def await_(self, shard_id: int) -> None:
+        await_shard(self.ctx, shard_id)
+
+    def collect(self, shard_id: int) -> None:
+        collect_shard(self.ctx, shard_id)
+
+    def finish(self, run_id: int) -> RunSummary:
+        return finish_run(self.ctx, run_id)
+
+
+def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
+                   window: DateWindow | None = None, steps: Steps | None = None) -> RunSummary:
+    """Run (or resume) one batch-lane run to the end: every row ends terminal."""
+    steps = steps or LocalSteps(ctx)
+    run_id = steps.plan(run_key, input_url, window)
+    for _ in range(MAX_ROUNDS):
+        shard_ids = steps.next_shards(run_id, run_key)
+        if not shard_ids:
+            break
+        for shard_id in shard_ids:
+            steps.submit(shard_id)
+        for shard_id in shard_ids:
+            steps.await_(shard_id)
+            steps.collect(shard_id)
+            _report(ctx, run_id)
+    else:
+        raise BatchError(f"run {run_key} did not settle after {MAX_ROUNDS} rounds")
+    return steps.finish(run_id)
+
+
+def _report(ctx: LaneContext, run_id: int) -> None:
+    counts = ctx.ledger.count_items(run_id)
+    total = sum(counts.values())
+    done = sum(n for s, n in counts.items() if s in ("succeeded", "invalid_output", "failed",
+                                                    "rejected"))
+    ctx.progress(done, total, ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))

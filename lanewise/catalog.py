@@ -1,0 +1,128 @@
+"""The task catalog: what each AI task of the product is, as data in `data/`."""
+
+from __future__ import annotations
+
+import string
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from lanewise.errors import ConfigurationError
+
+
+class LanePolicy(StrEnum):
+    """Which lane a task runs in."""
+
+    LIVE = "live"
+    BATCH = "batch"
+    AUTO = "auto"
+
+
+class InputSpec(BaseModel):
+    """How input rows map onto requests."""
+
+    key: str = Field(description="Column holding each row's stable key (e.g. the ticket id).")
+    required: list[str] = Field(default_factory=list,
+                                description="Columns that must be present and non-empty.")
+    date_column: str | None = Field(
+        default=None, description="Column of each row's date, for nightly and backfill "
+        "runs over a date range.")
+
+
+class PromptSpec(BaseModel):
+    """The prompt: an optional system text and a user template over input columns."""
+
+    system: str | None = None
+    user: str
+
+    def columns(self) -> set[str]:
+        """Input columns the templates refer to."""
+        names = set()
+        for template in (self.system or "", self.user):
+            names.update(f for _, f, _, _ in string.Formatter().parse(template) if f)
+        return names
+
+
+class OutputSpec(BaseModel):
+    """What comes back: free text, or JSON matching a schema."""
+
+    type: Literal["text", "json"] = "text"
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    @model_validator(mode="after")
+    def _schema_for_json(self) -> OutputSpec:
+        if self.type == "json" and not self.json_schema:
+            raise ValueError("output.type json needs output.schema")
+        return self
+
+    def fields(self) -> list[str]:
+        """Top-level fields of the JSON output, in schema order."""
+        if self.json_schema is None:
+            return []
+        return list(self.json_schema.get("properties", {}))
+
+
+class TaskSpec(BaseModel):
+    """One AI task of the product: prompt, model, output, lane policy and limits."""
+
+    name: str
+    description: str = ""
+    owner: str = ""
+    provider: Literal["openai", "anthropic"]
+    model: str
+    lane: LanePolicy = LanePolicy.BATCH
+    person_waits: bool = False
+    max_delay_hours: float = 24
+    expected_volume: int = 0
+    retry_budget: int = Field(2, ge=0)
+    input: InputSpec
+    prompt: PromptSpec
+    max_input_tokens: int = Field(8000, gt=0)
+    oversize: Literal["excerpt", "reject"] = "excerpt"
+    max_output_tokens: int = Field(256, gt=0)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+
+class Catalog:
+    """All task specs, by name."""
+
+    def __init__(self, tasks: dict[str, TaskSpec]) -> None:
+        self.tasks = tasks
+
+    @classmethod
+    def from_file(cls, path: Path) -> Catalog:
+        """Load and check the catalog file."""
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"cannot read task catalog {path}: {exc}") from exc
+        tasks = {}
+        for name, body in (raw.get("tasks") or {}).items():
+            try:
+                tasks[name] = TaskSpec.model_validate({"name": name, **(body or {})})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ConfigurationError(
+                    f"task catalog {path}: task {name!r}, field {where}: {first['msg']}"
+                ) from exc
+        return cls(tasks)
+
+    def get(self, name: str) -> TaskSpec:
+        """The spec of task `name`, or an error naming the known tasks."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"no task {name!r} in the catalog (known: {', '.join(sorted(self.tasks))})"
+            ) from None
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """The catalog at `path`, or at the configured catalog path."""
+    from lanewise.settings import get_settings
+
+    return Catalog.from_file(path or get_settings().catalog_path)

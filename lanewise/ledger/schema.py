@@ -1,0 +1,82 @@
+"""The ledger's tables (SQLAlchemy Core); migrations in `migrations/` create them.
+
+States:
+
+* run:   planning -> running -> finished
+* shard: planned -> submitting (intent recorded) -> submitted (batch id recorded)
+         -> ended (provider done) -> collected;  or failed (whole batch failed)
+* item:  rejected (bad input row, terminal) | queued (in a shard file)
+         -> submitted -> succeeded | invalid_output | failed (terminal)
+         or -> retry (retryable failure, budget left) -> queued in a follow-up shard
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column("model", sa.String(100), nullable=False),
+    sa.Column("input_url", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("results_url", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+)
+
+shards = sa.Table(
+    "shards", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False, index=True),
+    sa.Column("shard_key", sa.String(250), nullable=False, unique=True),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("jsonl_url", sa.Text, nullable=False),
+    sa.Column("request_count", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("estimated_tokens", sa.BigInteger, nullable=False),
+    sa.Column("provider_batch_id", sa.String(100), unique=True),
+    sa.Column("provider_status", sa.String(30)),
+    sa.Column("failure", sa.Text),
+    sa.Column("intent_at", sa.Float),
+    sa.Column("submitted_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+)
+
+items = sa.Table(
+    "items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=False),
+    sa.Column("row_number", sa.Integer, nullable=False),
+    sa.Column("input_key", sa.Text),
+    # The key again, only for accepted rows: a unique index on it rejects duplicates
+    # while rejected rows (NULL here) never collide.
+    sa.Column("dedup_key", sa.Text),
+    sa.Column("custom_id", sa.String(80)),
+    sa.Column("shard_id", sa.Integer, sa.ForeignKey("shards.id")),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("excerpted", sa.Boolean, nullable=False, default=False),
+    sa.Column("error_field", sa.String(100)),
+    sa.Column("error_reason", sa.Text),
+    sa.Column("output_text", sa.Text),
+    sa.Column("input_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cached_input_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cache_write_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost_picodollars", sa.BigInteger, nullable=False, default=0),
+    sa.Column("live_cost_picodollars", sa.BigInteger, nullable=False, default=0),
+    sa.UniqueConstraint("run_id", "row_number", name="uq_items_run_row"),
+    sa.UniqueConstraint("run_id", "dedup_key", name="uq_items_run_key"),
+    sa.Index("ix_items_run_custom_id", "run_id", "custom_id"),
+    sa.Index("ix_items_run_status", "run_id", "status"),
+    sa.Index("ix_items_shard", "shard_id"),
+)
+
+TERMINAL_ITEM_STATES = ("rejected", "succeeded", "invalid_output", "failed")

@@ -1,0 +1,93 @@
+"""Provider adapters and how lanewise picks credentials for them.
+
+Credentials, in order: a saved Prefect block named by
+`LANEWISE_<PROVIDER>_CREDENTIALS_BLOCK`; the environment (`LANEWISE_<PROVIDER>_API_KEY`
+or the SDK's own `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`); otherwise the emulator
+(`LANEWISE_EMULATOR_URL`, or one started in this process).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import anthropic
+import openai
+from pydantic import SecretStr
+
+from lanewise.errors import ConfigurationError, MissingCredentialsError
+from lanewise.providers.anthropic_adapter import AnthropicAdapter
+from lanewise.providers.base import ProviderAdapter
+from lanewise.providers.openai_adapter import OpenAIAdapter
+from lanewise.settings import Settings, get_settings
+
+ADAPTERS: dict[str, type[ProviderAdapter]] = {"openai": OpenAIAdapter,
+                                              "anthropic": AnthropicAdapter}
+SDK_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+_embedded_lock = threading.Lock()
+_embedded: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where and how to call a provider; the key stays a SecretStr until the call."""
+
+    api_key: SecretStr
+    base_url: str | None
+    source: str  # block | environment | emulator
+
+
+def embedded_emulator_url(settings: Settings) -> str:
+    """URL of the process-wide emulator, started on first use (state under LANEWISE_HOME)."""
+    with _embedded_lock:
+        if "url" not in _embedded:
+            from lanewise.emulator import EmulatorConfig, running_emulator
+
+            stack = ExitStack()
+            emu = stack.enter_context(running_emulator(
+                EmulatorConfig(), state_dir=settings.home / "emulator"))
+            _embedded.update(url=emu.url, stack=stack, emulator=emu)
+        return str(_embedded["url"])
+
+
+def resolve_credentials(provider: str, settings: Settings | None = None) -> Credentials:
+    """The credentials lanewise will use for `provider` (see the module docstring)."""
+    settings = settings or get_settings()
+    block_name = getattr(settings, f"{provider}_credentials_block")
+    if block_name:
+        from blocks.provider_credentials import ProviderCredentials
+
+        try:
+            block = ProviderCredentials.load(block_name)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"cannot load the {provider} credentials block {block_name!r}: {exc}") from exc
+        return Credentials(block.api_key, block.base_url, "block")
+    key = getattr(settings, f"{provider}_api_key") or (
+        SecretStr(os.environ[SDK_ENV[provider]]) if os.environ.get(SDK_ENV[provider]) else None)
+    if key is not None:
+        return Credentials(key, None, "environment")
+    if not settings.use_emulator:
+        raise MissingCredentialsError(provider, SDK_ENV[provider],
+                                      "lanewise-provider-credentials")
+    url = settings.emulator_url or embedded_emulator_url(settings)
+    from lanewise.emulator import EMULATOR_API_KEY
+
+    base = f"{url.rstrip('/')}/v1" if provider == "openai" else url.rstrip("/")
+    return Credentials(SecretStr(EMULATOR_API_KEY), base, "emulator")
+
+
+def get_adapter(provider: str, settings: Settings | None = None) -> ProviderAdapter:
+    """The adapter for `provider`, with an SDK client built from resolved credentials."""
+    if provider not in ADAPTERS:
+        raise ConfigurationError(f"unknown provider {provider!r} (known: openai, anthropic)")
+    creds = resolve_credentials(provider, settings)
+    secret = creds.api_key.get_secret_value()
+    if provider == "openai":
+        return OpenAIAdapter(openai.OpenAI(api_key=secret, base_url=creds.base_url,
+                                           max_retries=3))
+    return AnthropicAdapter(anthropic.Anthropic(api_key=secret, base_url=creds.base_url,
+                                                max_retries=3))

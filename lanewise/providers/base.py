@@ -1,0 +1,104 @@
+"""The one small interface every provider adapter implements.
+
+Limits and capabilities are data on the adapter, so the router and the shard planner
+read them instead of branching on provider names.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar
+
+from lanewise.catalog import TaskSpec
+from lanewise.pricing import Usage
+from lanewise.requests import PreparedRequest
+
+# Failure codes of a whole batch that no retry will fix (the input itself is wrong).
+PERMANENT_BATCH_FAILURES = frozenset({
+    "invalid_json_line", "duplicate_custom_id", "model_mismatch", "url_mismatch",
+    "empty_file", "too_many_tasks", "file_too_large", "invalid_request",
+})
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one provider batch may hold."""
+
+    max_requests: int
+    max_bytes: int
+    enqueued_token_budget: int | None  # per model, over active batches; None = no limit
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """A provider batch as last seen: `phase` is running, ended or failed."""
+
+    batch_id: str
+    phase: str
+    provider_status: str
+    done: int = 0
+    total: int = 0
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the batch will not change any more."""
+        return self.phase in ("ended", "failed")
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One request's result from a batch (or a live call)."""
+
+    custom_id: str
+    ok: bool
+    text: str | None = None
+    usage: Usage | None = None
+    error_kind: str | None = None
+    error_message: str | None = None
+    retryable: bool = False
+
+
+class ProviderAdapter(ABC):
+    """A provider behind lanewise: live calls and the batch API, on the official SDK."""
+
+    name: ClassVar[str]
+    limits: ClassVar[BatchLimits]
+    capabilities: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def request_body(self, task: TaskSpec, request: PreparedRequest) -> dict[str, Any]:
+        """The provider's request body (OpenAI chat body, Anthropic Messages params)."""
+
+    @abstractmethod
+    def batch_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One line of the provider's batch JSONL."""
+
+    @abstractmethod
+    def submit(self, jsonl_handle: Any, shard_key: str, model: str) -> str:
+        """Create a batch from a JSONL file handle; returns the provider batch id."""
+
+    @abstractmethod
+    def find_batch(self, shard_key: str, request_count: int, created_after: float,
+                   claimed: set[str]) -> str | None:
+        """Find a batch created for `shard_key` before a crash lost its id, if possible."""
+
+    @abstractmethod
+    def poll(self, batch_id: str) -> BatchState:
+        """The batch's current state."""
+
+    @abstractmethod
+    def results(self, batch_id: str, raw_sink: IO[bytes] | None = None
+                ) -> Iterator[ItemOutcome]:
+        """Stream every request outcome of an ended batch; raw lines go to `raw_sink`."""
+
+    @abstractmethod
+    def cancel(self, batch_id: str) -> None:
+        """Ask the provider to cancel a batch."""
+
+    @abstractmethod
+    def live(self, body: dict[str, Any]) -> ItemOutcome:
+        """One live call; raises ProviderError subclasses on failure."""

@@ -1,0 +1,146 @@
+"""OpenAI: chat completions live, and the Batch API (files + batches) for the batch lane."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import openai
+
+from lanewise.catalog import TaskSpec
+from lanewise.pricing import Usage
+from lanewise.providers.base import (
+    BatchLimits,
+    BatchState,
+    ItemOutcome,
+    ProviderAdapter,
+)
+from lanewise.providers.sdk_errors import is_retryable_status, translated
+from lanewise.requests import PreparedRequest
+
+ENDPOINT = "/v1/chat/completions"
+SHARD_METADATA_KEY = "lanewise_shard"
+RUNNING = {"validating", "in_progress", "finalizing", "cancelling"}
+NEVER_RAN_RETRYABLE = {"batch_expired", "batch_cancelled"}
+
+
+class OpenAIAdapter(ProviderAdapter):
+    """OpenAI behind lanewise's adapter interface."""
+
+    name = "openai"
+    limits = BatchLimits(max_requests=50_000, max_bytes=200 * 1024 * 1024,
+                         enqueued_token_budget=2_000_000)
+    capabilities = frozenset({"live", "batch", "json_schema", "prompt_cache",
+                              "batch_metadata"})
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+
+    def request_body(self, task: TaskSpec, request: PreparedRequest) -> dict[str, Any]:
+        """A chat.completions body; JSON tasks use a strict `json_schema` response format."""
+        messages = ([{"role": "system", "content": request.system}] if request.system else [])
+        body: dict[str, Any] = {"model": task.model, "messages": messages + request.messages,
+                                "max_completion_tokens": task.max_output_tokens}
+        if task.output.type == "json":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": task.name.replace("-", "_"), "schema": task.output.json_schema,
+                "strict": True}}
+        return body
+
+    def batch_line(self, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One Batch API input line."""
+        return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+
+    def submit(self, jsonl_handle: Any, shard_key: str, model: str) -> str:
+        """Upload the shard's JSONL and create the batch, tagged with the shard key."""
+        with translated(self.name, "upload batch file"):
+            upload = self.client.files.create(file=(f"{shard_key}.jsonl", jsonl_handle),
+                                              purpose="batch")
+        with translated(self.name, "create batch"):
+            batch = self.client.batches.create(
+                input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
+                metadata={SHARD_METADATA_KEY: shard_key})
+        return batch.id
+
+    def find_batch(self, shard_key: str, request_count: int, created_after: float,
+                   claimed: set[str]) -> str | None:
+        """Find the batch by its `lanewise_shard` metadata (newest first, stop when older)."""
+        with translated(self.name, "list batches"):
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < created_after - 300:
+                    break
+                if (batch.metadata or {}).get(SHARD_METADATA_KEY) == shard_key:
+                    return batch.id
+        return None
+
+    def poll(self, batch_id: str) -> BatchState:
+        """Map the Batch object onto running / ended / failed."""
+        with translated(self.name, "retrieve batch"):
+            batch = self.client.batches.retrieve(batch_id)
+        counts = batch.request_counts
+        done = (counts.completed + counts.failed) if counts else 0
+        total = counts.total if counts else 0
+        if batch.status == "failed":
+            error = (batch.errors.data or [None])[0] if batch.errors else None
+            return BatchState(batch_id, "failed", batch.status, done, total,
+                              getattr(error, "code", None) or "failed",
+                              getattr(error, "message", None) or "batch failed")
+        phase = "running" if batch.status in RUNNING else "ended"
+        return BatchState(batch_id, phase, batch.status, done, total)
+
+    def results(self, batch_id: str, raw_sink: IO[bytes] | None = None
+                ) -> Iterator[ItemOutcome]:
+        """Outcomes from the output file, then the error file."""
+        with translated(self.name, "retrieve batch"):
+            batch = self.client.batches.retrieve(batch_id)
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id:
+                yield from self._file_outcomes(file_id, raw_sink)
+
+    def _file_outcomes(self, file_id: str, raw_sink: IO[bytes] | None
+                       ) -> Iterator[ItemOutcome]:
+        with translated(self.name, "download batch results"):
+            with self.client.files.with_streaming_response.content(file_id) as response:
+                for raw in response.iter_lines():
+                    if raw.strip():
+                        if raw_sink is not None:
+                            raw_sink.write(raw.encode() + b"\n")
+                        yield self._outcome(json.loads(raw))
+
+    @staticmethod
+    def _outcome(line: dict[str, Any]) -> ItemOutcome:
+        custom_id = line["custom_id"]
+        response = line.get("response")
+        if response is None:
+            error = line.get("error") or {}
+            code = error.get("code") or "not_run"
+            return ItemOutcome(custom_id, False, error_kind=code,
+                               error_message=error.get("message"),
+                               retryable=code in NEVER_RAN_RETRYABLE)
+        status = response.get("status_code")
+        body = response.get("body") or {}
+        if status != 200:
+            error = body.get("error") or {}
+            return ItemOutcome(custom_id, False, error_kind=f"http_{status}",
+                               error_message=error.get("message"),
+                               retryable=is_retryable_status(status))
+        return OpenAIAdapter._answer(custom_id, body)
+
+    @staticmethod
+    def _answer(custom_id: str, body: dict[str, Any]) -> ItemOutcome:
+        usage = Usage.from_openai(body.get("usage") or {})
+        choice = (body.get("choices") or [{}])[0]
+        text = (choice.get("message") or {}).get("content")
+        return ItemOutcome(custom_id, True, text=text, usage=usage)
+
+    def cancel(self, batch_id: str) -> None:
+        """Cancel the batch."""
+        with translated(self.name, "cancel batch"):
+            self.client.batches.cancel(batch_id)
+
+    def live(self, body: dict[str, Any]) -> ItemOutcome:
+        """One chat completion."""
+        with translated(self.name, "chat completion"):
+            response = self.client.chat.completions.create(**body)
+        return self._answer("live", response.model_dump())

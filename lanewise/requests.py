@@ -1,0 +1,101 @@
+"""Turning input rows into requests for a task, or into row rejections with a reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from lanewise.catalog import TaskSpec
+from lanewise.inputs import InputRow
+from lanewise.tokens import CHARS_PER_TOKEN, count_prompt_tokens
+
+SAFE_KEY = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]{0,53}$")
+EXCERPT_MARK = " [...]"
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One row's request, provider-neutral: system text plus chat messages."""
+
+    row: int
+    key: str
+    system: str | None
+    messages: list[dict[str, Any]]
+    estimated_tokens: int
+    excerpted: bool
+
+
+@dataclass(frozen=True)
+class RowRejection:
+    """A row that cannot become a request: which row, which field, why."""
+
+    row: int
+    key: str | None
+    field: str
+    reason: str
+
+
+def custom_id_for(key: str, attempt: int) -> str:
+    """A custom_id valid for both providers, unique per (key, attempt), mapping to the key.
+
+    Keys that already fit `[A-Za-z0-9_-]` are kept readable; others become `_h` plus a
+    hash (the ledger maps it back). The attempt suffix keeps retries distinct.
+    """
+    stem = key if SAFE_KEY.match(key) else "_h" + hashlib.sha1(key.encode()).hexdigest()[:30]
+    return f"{stem}--a{attempt}"
+
+
+def content_hash(provider: str, model: str, body: dict[str, Any]) -> str:
+    """The cache and dedup key of a request: provider, model, params and messages."""
+    canonical = json.dumps([provider, model, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def prepare(task: TaskSpec, row: InputRow) -> PreparedRequest | RowRejection:
+    """Build the request for one row, or say exactly why the row is rejected."""
+    key_value = row.values.get(task.input.key)
+    key = _cell_text(key_value).strip() or None
+    if row.problem is not None:
+        field, reason = row.problem
+        return RowRejection(row.number, key, field, reason)
+    if key is None:
+        reason = "missing key" if task.input.key not in row.values or key_value is None \
+            else "empty key"
+        return RowRejection(row.number, None, task.input.key, reason)
+    for column in task.input.required:
+        value = row.values.get(column)
+        if value is None:
+            return RowRejection(row.number, key, column, "missing text")
+        if not _cell_text(value).strip():
+            return RowRejection(row.number, key, column, "empty text")
+    cells = {name: _cell_text(row.values.get(name)) for name in task.prompt.columns()}
+    system, messages, tokens = _render(task, cells)
+    excerpted = False
+    if tokens > task.max_input_tokens:
+        longest = max(cells, key=lambda name: len(cells[name]))
+        if task.oversize == "reject":
+            return RowRejection(row.number, key, longest,
+                                f"text over the model's context: ~{tokens} tokens > "
+                                f"{task.max_input_tokens}")
+        over_chars = (tokens - task.max_input_tokens) * CHARS_PER_TOKEN + len(EXCERPT_MARK)
+        keep = max(len(cells[longest]) - over_chars, 0)
+        cells[longest] = cells[longest][:keep] + EXCERPT_MARK
+        system, messages, tokens = _render(task, cells)
+        excerpted = True
+    return PreparedRequest(row.number, key, system, messages, tokens, excerpted)
+
+
+def _render(task: TaskSpec, cells: dict[str, str]) -> tuple[str | None, list[dict], int]:
+    system = task.prompt.system.format_map(cells) if task.prompt.system else None
+    messages = [{"role": "user", "content": task.prompt.user.format_map(cells)}]
+    schema = task.output.json_schema if task.output.type == "json" else None
+    return system, messages, count_prompt_tokens(messages, system=system, schema=schema)
