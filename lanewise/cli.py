@@ -74,11 +74,58 @@ def emulator(host: str, port: int, state_dir: Path | None, api_key: str | None,
 
 
 @cli.command()
-def demo() -> None:
+@click.option("--input", "input_url", default=None,
+              help="Tickets to run over (default: data/tickets.parquet).")
+def demo(input_url: str | None) -> None:
     """Run the main job end to end on the embedded defaults (emulator, no API key)."""
     from lanewise.demo import run_demo
 
-    run_demo(console)
+    run_demo(console, input_url)
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--input", "input_url", required=True, help="Parquet, CSV or JSONL; path or s3://.")
+@click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Nightly run for this date's rows (rows by the task's date column).")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Backfill from.")
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Backfill to.")
+@click.option("--all-rows", is_flag=True, help="Every row of the input, no date filter.")
+@click.option("--run-key", default=None, help="Override the run key (task plus date).")
+def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
+        run_key: str | None) -> None:
+    """Run (or resume) one batch-lane run through its Prefect flow."""
+    from flows.batch import backfill, nightly_batch
+    from lanewise.batch.prefect_tasks import context_for
+    from lanewise.batch.results import summarize
+    from lanewise.reporting import cost_table, reasons_table
+
+    if (start is None) != (end is None):
+        raise click.UsageError("--start and --end go together")
+    if start is not None:
+        brief = backfill(task=task, start=start.date(), end=end.date(), input_url=input_url,
+                         run_key=run_key)
+    else:
+        brief = nightly_batch(task=task, input_url=input_url,
+                              run_date=run_date.date() if run_date else None,
+                              filter_by_date=not all_rows, run_key=run_key)
+    ctx = context_for(task)
+    summary = summarize(ctx, ctx.ledger.run_by_key(brief["run_key"])["id"])
+    console.print(cost_table([summary]))
+    reasons = reasons_table(summary)
+    if reasons is not None:
+        console.print(reasons)
+    console.print(f"results: {summary.results_url}")
+
+
+@cli.command()
+@click.option("--limit", default=20, show_default=True, help="How many recent runs.")
+def runs(limit: int) -> None:
+    """Run history with cost, newest first, from the ledger."""
+    from lanewise.batch.results import summarize_recent
+    from lanewise.reporting import cost_table
+
+    console.print(cost_table(summarize_recent(limit), "Recent runs"))
 
 
 def main() -> None:

@@ -1,97 +1,85 @@
-"""The README's main job: a real round trip of both SDKs through the emulator."""
+"""The README's main job: nightly tagging and summaries over the sample tickets.
+
+Starts the emulator in-process (no API key), runs both tasks through the Prefect
+flow (an ephemeral Prefect server, nothing to start by hand), then prints the cost
+table, what the emulator billed, and where the results are.
+"""
 
 from __future__ import annotations
 
-import io
-import json
+import os
 import time
+from datetime import date
+from decimal import Decimal
 
-import anthropic
 import httpx
-import openai
 from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lanewise.batch.progress import add_listener
 from lanewise.emulator import EmulatorConfig, Timing, running_emulator
+from lanewise.reporting import cost_table, reasons_table, usd
+from lanewise.settings import DATA_DIR, get_settings
 
-TICKETS = [
-    "I was charged twice for my subscription this month. Please refund the extra charge.",
-    "I cannot log in: the 2FA code never arrives and I am locked out.",
-    "The CSV export fails with a blank page since yesterday.",
-    "Would be nice to have dark mode. Just a suggestion, no rush.",
-]
-TAG_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "topic": {"type": "string", "enum": ["billing", "login", "export", "bug",
-                                             "feature_request", "account", "other"]},
-        "sentiment": {"type": "string", "enum": ["negative", "neutral", "positive"]},
-        "urgency": {"type": "string", "enum": ["low", "medium", "high"]},
-    },
-    "required": ["topic", "sentiment", "urgency"],
-    "additionalProperties": False,
-}
+DEMO_TASKS = ("ticket-tagging", "ticket-summary")
+DEMO_TIMING = Timing(batch_seconds=2.0, validating_seconds=0.2, finalizing_seconds=0.3)
 
 
-def _wait(retrieve, is_done, interval: float = 0.2, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    batch = retrieve()
-    while not is_done(batch) and time.monotonic() < deadline:
-        time.sleep(interval)
-        batch = retrieve()
-    return batch
+def _configure(emulator_url: str) -> None:
+    """Point this process's settings at the demo emulator, with quick polling."""
+    os.environ["LANEWISE_EMULATOR_URL"] = emulator_url
+    os.environ.setdefault("LANEWISE_POLL_INITIAL_SECONDS", "0.5")
+    os.environ.setdefault("LANEWISE_POLL_MAX_SECONDS", "2")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    get_settings.cache_clear()
+    from lanewise.batch.prefect_tasks import context_for
+
+    context_for.cache_clear()
 
 
-def run_demo(console: Console) -> None:
-    """Tag sample tickets through OpenAI Batch and Anthropic Message Batches, then bill."""
-    config = EmulatorConfig(timing=Timing(batch_seconds=1.0, finalizing_seconds=0.2))
-    with running_emulator(config) as emu:
-        console.print(f"emulator on {emu.url}")
-        oai = openai.OpenAI(base_url=emu.openai_base_url, api_key=emu.api_key)
-        lines = [
-            {"custom_id": f"ticket-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": "gpt-4o-mini", "messages": [
-                 {"role": "system", "content": "Tag the support ticket."},
-                 {"role": "user", "content": f"Ticket:\n\n{text}"}],
-                 "response_format": {"type": "json_schema", "json_schema": {
-                     "name": "tags", "schema": TAG_SCHEMA, "strict": True}}}}
-            for i, text in enumerate(TICKETS)]
-        payload = "".join(json.dumps(line) + "\n" for line in lines).encode()
-        upload = oai.files.create(file=("tickets.jsonl", io.BytesIO(payload)), purpose="batch")
-        batch = oai.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                   completion_window="24h")
-        batch = _wait(lambda: oai.batches.retrieve(batch.id),
-                      lambda b: b.status in ("completed", "failed", "expired", "cancelled"))
-        table = Table(title=f"OpenAI batch {batch.id}: {batch.status}")
-        table.add_column("ticket")
-        table.add_column("tags")
-        for raw in oai.files.content(batch.output_file_id).text.splitlines():
-            line = json.loads(raw)
-            table.add_row(line["custom_id"],
-                          line["response"]["body"]["choices"][0]["message"]["content"])
-        console.print(table)
+def run_demo(console: Console, input_url: str | None = None) -> None:
+    """Run the nightly batch flows for both demo tasks and print what they cost."""
+    input_url = input_url or str(DATA_DIR / "tickets.parquet")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with running_emulator(EmulatorConfig(timing=DEMO_TIMING)) as emu:
+        _configure(emu.url)
+        from flows.batch import nightly_batch
+        from lanewise.batch.prefect_tasks import context_for
+        from lanewise.batch.results import summarize
 
-        claude = anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key=emu.api_key)
-        created = claude.messages.batches.create(requests=[
-            {"custom_id": f"ticket-{i}", "params": {
-                "model": "claude-haiku-4-5", "max_tokens": 200,
-                "messages": [{"role": "user", "content": f"Summarize:\n\n{text}"}]}}
-            for i, text in enumerate(TICKETS)])
-        _wait(lambda: claude.messages.batches.retrieve(created.id),
-              lambda b: b.processing_status == "ended")
-        table = Table(title=f"Anthropic message batch {created.id}")
-        table.add_column("ticket")
-        table.add_column("summary")
-        for result in claude.messages.batches.results(created.id):
-            table.add_row(result.custom_id, result.result.message.content[0].text)
-        console.print(table)
+        console.print(f"emulator on {emu.url}; ledger {get_settings().resolved_database_url}")
+        console.print("starting Prefect (a temporary local server; the first start migrates "
+                      "its database, ~20 s)")
+        summaries = []
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            bars: dict[str, int] = {}
 
-        billing = httpx.get(f"{emu.url}/_emulator/billing").json()
-        table = Table(title="What the providers would bill")
-        for column in ("provider", "lane", "model", "requests", "input", "output", "USD"):
-            table.add_column(column, justify="right" if column not in (
-                "provider", "lane", "model") else "left")
-        for row in billing["by_model"]:
-            table.add_row(row["provider"], row["lane"], row["model"], str(row["requests"]),
-                          str(row["input_tokens"]), str(row["output_tokens"]), row["cost_usd"])
-        console.print(table)
+            def on_progress(run_key: str, done: int, total: int, message: str) -> None:
+                if run_key not in bars:
+                    bars[run_key] = progress.add_task(run_key, total=total)
+                progress.update(bars[run_key], completed=done, total=total)
+
+            remove = add_listener(on_progress)
+            try:
+                for task in DEMO_TASKS:
+                    brief = nightly_batch(task=task, input_url=input_url,
+                                          run_date=date.today(), filter_by_date=False,
+                                          run_key=f"{task}:demo-{stamp}")
+                    ctx = context_for(task)
+                    run = ctx.ledger.run_by_key(brief["run_key"])
+                    summaries.append(summarize(ctx, run["id"]))
+            finally:
+                remove()
+        console.print(cost_table(summaries, "Nightly batch runs: what they cost"))
+        for summary in summaries:
+            table = reasons_table(summary)
+            if table is not None:
+                console.print(table)
+        billed = httpx.get(f"{emu.url}/_emulator/billing").json()["total"]
+        ledger_total = sum((s.cost_usd for s in summaries), Decimal(0))
+        console.print(f"ledger total {usd(ledger_total)}; the emulator billed "
+                      f"{usd(Decimal(billed['cost_usd']))} for {billed['requests']:,} requests")
+        for summary in summaries:
+            console.print(f"results of {summary.run_key}: {summary.results_url}")

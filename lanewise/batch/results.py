@@ -43,6 +43,12 @@ class RunSummary:
         """What the batch lane saved against the live lane."""
         return self.live_cost_usd - self.cost_usd
 
+    def brief(self) -> dict[str, Any]:
+        """A small JSON-able digest (a flow's return value)."""
+        return {"run_key": self.run_key, "rows": self.rows, "counts": self.counts,
+                "cost_usd": str(self.cost_usd), "live_cost_usd": str(self.live_cost_usd),
+                "results_url": self.results_url}
+
     def cost_rows(self) -> list[dict[str, Any]]:
         """The summary as table rows (for Prefect table artifacts and the CLI)."""
         return [
@@ -138,3 +144,20 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
         if chunk:
             writer.write_table(pa.Table.from_pylist(chunk, schema))
     return url
+
+
+def summarize_recent(limit: int = 20) -> list[RunSummary]:
+    """Summaries of the newest runs in the configured ledger (no provider needed)."""
+    from lanewise.ledger import Ledger
+    from lanewise.settings import get_settings
+
+    ledger = Ledger(get_settings().resolved_database_url)
+    view = _LedgerOnly(ledger)
+    return [summarize(view, run_id) for run_id in ledger.recent_run_ids(limit)]
+
+
+@dataclass
+class _LedgerOnly:
+    """Just enough of a LaneContext for `summarize`: the ledger."""
+
+    ledger: Any

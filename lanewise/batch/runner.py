@@ -78,6 +78,7 @@ def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
     """Run (or resume) one batch-lane run to the end: every row ends terminal."""
     steps = steps or LocalSteps(ctx)
     run_id = steps.plan(run_key, input_url, window)
+    _report(ctx, run_id)
     for _ in range(MAX_ROUNDS):
         shard_ids = steps.next_shards(run_id, run_key)
         if not shard_ids:

@@ -41,6 +41,9 @@ class EmulatorState:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
+        # Ids carry the start time so a ledger kept across emulator restarts never sees
+        # the same batch id twice (real providers' ids are unique too).
+        self._instance = f"{time.time_ns() // 1_000_000:011x}"
         self._live_rng = random.Random(config.faults.seed)
         self.scripted: list[ScriptedFault] = []
         self.stats: dict[str, int] = {
@@ -52,8 +55,8 @@ class EmulatorState:
         self.worker = BatchWorker(lambda job, line: process_request(self, job, line), config)
 
     def next_id(self, prefix: str) -> str:
-        """A fresh id; ids of one kind sort in creation order."""
-        return f"{prefix}{next(self._ids):010d}"
+        """A fresh id, unique across emulator restarts; ids sort in creation order."""
+        return f"{prefix}{self._instance}{next(self._ids):08d}"
 
     def set_faults(self, faults: Faults) -> None:
         """Swap fault settings at run time; reseeds the live-call draws."""

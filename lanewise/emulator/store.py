@@ -44,12 +44,13 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, StoredFile] = {}
         self._ids = itertools.count(1)
+        self._instance = f"{time.time_ns() // 1_000_000:011x}"
         self._lock = threading.Lock()
 
     def new_id(self) -> str:
         """A fresh file id; ids sort in creation order."""
         with self._lock:
-            return f"file-emu{next(self._ids):010d}"
+            return f"file-emu{self._instance}{next(self._ids):08d}"
 
     def path_for(self, file_id: str) -> Path:
         """Where the bytes of `file_id` live."""

@@ -77,6 +77,18 @@ class Ledger:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one())
 
+    def recent_run_ids(self, limit: int) -> list[int]:
+        """Ids of the newest runs."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(runs.c.id).order_by(runs.c.id.desc())
+                                     .limit(limit)).scalars())
+
+    def run_by_key(self, run_key: str) -> dict[str, Any] | None:
+        """The run with this key, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().first()
+        return dict(row) if row else None
+
     def set_run(self, run_id: int, **values: Any) -> None:
         """Update a run's columns."""
         with self.engine.begin() as conn:
