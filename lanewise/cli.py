@@ -128,6 +128,42 @@ def runs(limit: int) -> None:
     console.print(cost_table(summarize_recent(limit), "Recent runs"))
 
 
+@cli.command()
+@click.argument("run_key")
+def shards(run_key: str) -> None:
+    """A run's shards: status, provider batch id, sizes."""
+    from rich.table import Table
+
+    from lanewise.ledger import Ledger
+    from lanewise.settings import get_settings
+
+    ledger = Ledger(get_settings().resolved_database_url)
+    run = ledger.run_by_key(run_key)
+    if run is None:
+        raise click.ClickException(f"no run {run_key!r} in the ledger")
+    table = Table(title=f"shards of {run_key} ({run['status']})", title_justify="left")
+    for column in ("shard", "status", "batch", "provider status", "requests", "MB"):
+        table.add_column(column, justify="right" if column in ("requests", "MB") else "left")
+    for shard in ledger.shards(run["id"]):
+        table.add_row(shard["shard_key"], shard["status"], shard["provider_batch_id"] or "",
+                      shard["provider_status"] or "", f"{shard['request_count']:,}",
+                      f"{shard['bytes'] / 1e6:.2f}")
+    console.print(table)
+
+
+@cli.command()
+@click.argument("shard_key")
+@click.argument("batch_id")
+@click.option("--task", required=True, help="The task of the shard's run.")
+def attach(shard_key: str, batch_id: str, task: str) -> None:
+    """Record the provider batch of a shard whose batch id a crash lost."""
+    from lanewise.batch.context import LaneContext
+    from lanewise.batch.steps import attach_batch
+
+    attach_batch(LaneContext.build(task), shard_key, batch_id)
+    console.print(f"shard {shard_key} now follows batch {batch_id}; rerun the run to go on")
+
+
 def main() -> None:
     """Entry point of the `lanewise` script: lanewise errors become one-line messages."""
     try:

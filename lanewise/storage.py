@@ -19,7 +19,7 @@ class Storage:
     def url(self, *parts: str) -> str:
         """The full URL of a path under the root."""
         path = "/".join([self.root, *parts])
-        return path if self.protocol in ("file", "local") else f"{self.protocol}://{path}"
+        return path if self.protocol in ("file", "local") else self.fs.unstrip_protocol(path)
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)

@@ -91,3 +91,27 @@ def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: flo
 
 
 OPENAI_TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+POSTGRES_URL = os.environ.get("LANEWISE_TEST_POSTGRES_URL")
+
+
+def _reset_postgres(url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in ("items", "shards", "runs", "alembic_version"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def ledger_url(request, tmp_path) -> str:
+    """The ledger URL: a SQLite file always; PostgreSQL when LANEWISE_TEST_POSTGRES_URL is set."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    if not POSTGRES_URL:
+        pytest.skip("LANEWISE_TEST_POSTGRES_URL is not set")
+    _reset_postgres(POSTGRES_URL)
+    return POSTGRES_URL

@@ -43,6 +43,7 @@ class LaneContext:
     sleep: Callable[[float], None] = time.sleep
     progress: ProgressCallback = no_progress
     token_budget: int | None = field(default=None)
+    collect_chunk: int = 2000
 
     @classmethod
     def build(cls, task_name: str, settings: Settings | None = None,

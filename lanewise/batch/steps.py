@@ -19,7 +19,6 @@ from lanewise.pricing import Lane, to_picodollars
 from lanewise.providers.base import PERMANENT_BATCH_FAILURES, BatchState, ItemOutcome
 
 MAX_CONSECUTIVE_POLL_ERRORS = 10
-COLLECT_CHUNK = 2000
 
 
 def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
@@ -28,7 +27,7 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
     if shard["status"] not in ("planned", "submitting"):
         return shard["provider_batch_id"]
     if shard["status"] == "submitting":
-        found = ctx.adapter.find_batch(shard["shard_key"], shard["request_count"],
+        found = ctx.adapter.find_batch(shard["shard_key"], _shard_custom_ids(ctx, shard),
                                        shard["intent_at"], ctx.ledger.claimed_batch_ids())
         if found is not None:
             _record_submitted(ctx, shard_id, found)
@@ -40,6 +39,23 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
     _record_submitted(ctx, shard_id, batch_id)
     ctx.crash_hook("after_record")
     return batch_id
+
+
+def _shard_custom_ids(ctx: LaneContext, shard: dict[str, Any]) -> set[str]:
+    """The custom_ids in a shard's JSONL file."""
+    with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
+        return {json.loads(raw)["custom_id"] for raw in handle if raw.strip()}
+
+
+def attach_batch(ctx: LaneContext, shard_key: str, batch_id: str) -> None:
+    """Record by hand the provider batch of a shard stuck in `submitting`."""
+    shard = ctx.ledger.shard_by_key(shard_key)
+    if shard is None:
+        raise BatchError(f"no shard {shard_key!r} in the ledger")
+    if shard["status"] != "submitting":
+        raise BatchError(f"shard {shard_key} is {shard['status']}, not submitting; "
+                         "only a shard whose batch id was lost can be attached")
+    _record_submitted(ctx, shard["id"], batch_id)
 
 
 def _record_submitted(ctx: LaneContext, shard_id: int, batch_id: str) -> None:
@@ -159,7 +175,7 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> None:
     with ctx.storage.open(raw_url, "wb") as raw_sink:
         for outcome in ctx.adapter.results(shard["provider_batch_id"], raw_sink):
             pending.append(outcome_update(ctx, outcome))
-            if len(pending) >= COLLECT_CHUNK:
+            if len(pending) >= ctx.collect_chunk:
                 _apply(ctx, run_id, shard_id, pending)
                 pending = []
                 ctx.crash_hook("mid_collect")

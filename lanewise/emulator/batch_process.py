@@ -27,7 +27,7 @@ def _fault_for(state: EmulatorState, job: BatchJob, custom_id: str) -> InvalidRe
     if job.fate == "fail":
         return InvalidRequest(500, "Internal server error (emulated batch failure)",
                               kind="api_error")
-    draw = unit_draw(faults.seed, "item", job.id, custom_id)
+    draw = unit_draw(faults.seed, "item", state.draw_key(job.id), custom_id)
     if draw < faults.item_4xx_rate:
         return InvalidRequest(400, "Invalid request (emulated item fault)")
     if draw < faults.item_4xx_rate + faults.item_5xx_rate:

@@ -64,10 +64,16 @@ class EmulatorState:
             self.config.faults = faults
             self._live_rng = random.Random(faults.seed)
 
+    @staticmethod
+    def draw_key(batch_id: str) -> str:
+        """The part of a batch id that seeds its draws: its sequence, not the start time,
+        so the same seed gives the same faults in every emulator run."""
+        return batch_id[-8:]
+
     def batch_fate(self, batch_id: str) -> str:
         """Whether a new batch completes, expires or fails (a seeded draw)."""
         faults = self.config.faults
-        draw = unit_draw(faults.seed, "batch", batch_id)
+        draw = unit_draw(faults.seed, "batch", self.draw_key(batch_id))
         if draw < faults.batch_fail_rate:
             return "fail"
         if draw < faults.batch_fail_rate + faults.batch_expire_rate:

@@ -227,6 +227,13 @@ class Ledger:
             return dict(conn.execute(sa.select(shards).where(shards.c.id == shard_id))
                         .mappings().one())
 
+    def shard_by_key(self, shard_key: str) -> dict[str, Any] | None:
+        """The shard with this key, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(shards).where(shards.c.shard_key == shard_key)
+                               ).mappings().first()
+        return dict(row) if row else None
+
     def shards(self, run_id: int) -> list[dict[str, Any]]:
         """A run's shards in creation order."""
         with self.engine.connect() as conn:

@@ -56,10 +56,17 @@ class AnthropicAdapter(ProviderAdapter):
             batch = self.client.messages.batches.create(requests=requests)
         return batch.id
 
-    def find_batch(self, shard_key: str, request_count: int, created_after: float,
+    def find_batch(self, shard_key: str, custom_ids: set[str], created_after: float,
                    claimed: set[str]) -> str | None:
-        """The one unclaimed batch of this size created just after the intent, if any."""
-        candidates = []
+        """Recognise the batch by size and creation time, confirmed by its results' ids.
+
+        Message Batches carry no metadata. Candidates are unclaimed batches with the
+        shard's request count created within FIND_WINDOW_SECONDS after the intent. An
+        ended candidate is confirmed or ruled out by a custom_id of its results; a lone
+        unconfirmed candidate is taken; several unconfirmed ones stop the run for a
+        person to decide (`lanewise attach`).
+        """
+        confirmed, unconfirmed = [], []
         with translated(self.name, "list message batches"):
             for batch in self.client.messages.batches.list(limit=100):
                 created = batch.created_at.timestamp()
@@ -68,15 +75,23 @@ class AnthropicAdapter(ProviderAdapter):
                 counts = batch.request_counts
                 total = (counts.processing + counts.succeeded + counts.errored
                          + counts.canceled + counts.expired)
-                if (created <= created_after + FIND_WINDOW_SECONDS and total == request_count
-                        and batch.id not in claimed):
-                    candidates.append(batch.id)
-        if len(candidates) > 1:
-            raise BatchError(
-                f"shard {shard_key}: {len(candidates)} Anthropic batches could be the one "
-                f"created before a crash ({', '.join(candidates)}); resolve by hand with "
-                "`lanewise shards --attach`")
-        return candidates[0] if candidates else None
+                if (created > created_after + FIND_WINDOW_SECONDS or total != len(custom_ids)
+                        or batch.id in claimed):
+                    continue
+                if batch.processing_status != "ended":
+                    unconfirmed.append(batch.id)
+                    continue
+                first = next(iter(self.client.messages.batches.results(batch.id)), None)
+                if first is not None and first.custom_id in custom_ids:
+                    confirmed.append(batch.id)
+        if len(confirmed) == 1:
+            return confirmed[0]
+        if not confirmed and len(unconfirmed) <= 1:
+            return unconfirmed[0] if unconfirmed else None
+        raise BatchError(
+            f"shard {shard_key}: several Anthropic batches could be the one created before "
+            f"a crash ({', '.join(confirmed or unconfirmed)}); wait for them to end and "
+            f"rerun, or record the right one with `lanewise attach {shard_key} BATCH_ID`")
 
     def poll(self, batch_id: str) -> BatchState:
         """Map the MessageBatch onto running / ended."""

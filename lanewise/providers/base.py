@@ -82,9 +82,13 @@ class ProviderAdapter(ABC):
         """Create a batch from a JSONL file handle; returns the provider batch id."""
 
     @abstractmethod
-    def find_batch(self, shard_key: str, request_count: int, created_after: float,
+    def find_batch(self, shard_key: str, custom_ids: set[str], created_after: float,
                    claimed: set[str]) -> str | None:
-        """Find a batch created for `shard_key` before a crash lost its id, if possible."""
+        """Find a batch created for `shard_key` before a crash lost its id, if possible.
+
+        `custom_ids` are the shard's requests, `created_after` when the intent was
+        recorded, `claimed` the batch ids other shards already own.
+        """
 
     @abstractmethod
     def poll(self, batch_id: str) -> BatchState:

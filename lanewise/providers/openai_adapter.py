@@ -63,7 +63,7 @@ class OpenAIAdapter(ProviderAdapter):
                 metadata={SHARD_METADATA_KEY: shard_key})
         return batch.id
 
-    def find_batch(self, shard_key: str, request_count: int, created_after: float,
+    def find_batch(self, shard_key: str, custom_ids: set[str], created_after: float,
                    claimed: set[str]) -> str | None:
         """Find the batch by its `lanewise_shard` metadata (newest first, stop when older)."""
         with translated(self.name, "list batches"):

@@ -1,0 +1,205 @@
+"""The batch lane end to end against the emulator, through the official SDKs (no Prefect)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from lanewise.batch.runner import run_batch_lane
+from lanewise.batch.steps import submit_shard
+from lanewise.ledger import Ledger
+from tests.lane_helpers import (
+    TERMINAL,
+    SimulatedCrash,
+    batches_created,
+    billed_for,
+    crash_at,
+    make_context,
+    sample_input,
+)
+
+TASKS = ["ticket-tagging", "ticket-summary"]  # OpenAI and Anthropic
+ROWS = 60
+
+
+def check_run(ctx, emulator, summary, rows: int = ROWS) -> pd.DataFrame:
+    """Every row terminal exactly once, results complete, cost equal to the bill."""
+    items = list(ctx.ledger.iter_items(ctx.ledger.run_by_key(summary.run_key)["id"]))
+    assert sorted(i["row_number"] for i in items) == list(range(1, rows + 1))
+    assert {i["status"] for i in items} <= TERMINAL
+    results = pd.read_parquet(ctx.storage.open(summary.results_url, "rb"))
+    assert sorted(results["row_number"]) == list(range(1, rows + 1))
+    assert summary.cost_usd == billed_for(emulator, summary.batch_ids)
+    assert summary.cost_usd > 0 and summary.live_cost_usd == 2 * summary.cost_usd
+    return results
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_full_nightly_run(task, emulator, tmp_path, ledger_url):
+    ctx = make_context(task, emulator, tmp_path, ledger_url)
+    summary = run_batch_lane(ctx, f"{task}:2026-08-01", sample_input(tmp_path))
+    results = check_run(ctx, emulator, summary)
+    assert summary.counts["rejected"] in (4, 5) and summary.counts["succeeded"] >= 55
+    reasons = {r for _, r, _ in summary.reasons}
+    assert "row 56, field 'body': empty text" in reasons
+    assert "row 57, field 'body': missing text" in reasons
+    assert "row 58, field 'ticket_id': duplicate key (first at row 1)" in reasons
+    assert "row 60, field 'ticket_id': missing key" in reasons
+    ok = results[results.status == "succeeded"]
+    if task == "ticket-tagging":
+        assert set(ok["output_topic"]) <= {"billing", "login", "export", "bug",
+                                           "feature_request", "account", "other"}
+        assert len(set(ok["output_topic"])) > 2
+        assert results.loc[results.row_number == 59, "excerpted"].item()
+    else:
+        assert ok["raw_text"].str.len().min() > 0
+        assert "over the model's context" in results.loc[
+            results.row_number == 59, "error_reason"].item()
+    assert (ok["cost_usd"] > 0).all()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_rerun_of_a_finished_run_creates_nothing(task, emulator, tmp_path):
+    ctx = make_context(task, emulator, tmp_path)
+    first = run_batch_lane(ctx, f"{task}:again", sample_input(tmp_path))
+    before = batches_created(emulator)
+    second = run_batch_lane(make_context(task, emulator, tmp_path), f"{task}:again",
+                            sample_input(tmp_path))
+    assert batches_created(emulator) == before
+    assert second.cost_usd == first.cost_usd and second.counts == first.counts
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("point", ["after_create", "after_record", "mid_poll", "mid_collect"])
+def test_crash_then_rerun_pays_once_and_loses_nothing(task, point, emulator, tmp_path,
+                                                      ledger_url):
+    ledger = Ledger(ledger_url)
+    input_url = sample_input(tmp_path)
+    crashing = make_context(task, emulator, tmp_path, ledger=ledger,
+                            crash_hook=crash_at(point), collect_chunk=10)
+    crashing.token_budget = 2000  # several shards, so crashes land between them
+    before = batches_created(emulator)
+    run_key = f"{task}:crash:{ledger.dialect}"
+    with pytest.raises(SimulatedCrash):
+        run_batch_lane(crashing, run_key, input_url)
+    resumed = make_context(task, emulator, tmp_path, ledger=ledger, collect_chunk=10)
+    resumed.token_budget = 2000
+    summary = run_batch_lane(resumed, run_key, input_url)
+    shards = resumed.ledger.shards(resumed.ledger.run_by_key(summary.run_key)["id"])
+    assert len(shards) > 1
+    assert batches_created(emulator) - before == len(shards)  # no duplicate batch
+    assert len({s["provider_batch_id"] for s in shards}) == len(shards)
+    check_run(resumed, emulator, summary)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_item_errors_are_retried_or_recorded(task, emulator, control, tmp_path):
+    control.patch("/faults", json={"seed": 3, "item_4xx_rate": 0.1, "item_5xx_rate": 0.3})
+    ctx = make_context(task, emulator, tmp_path)
+    summary = run_batch_lane(ctx, f"{task}:item-faults", sample_input(tmp_path))
+    check_run(ctx, emulator, summary)
+    assert summary.counts.get("failed", 0) >= 1  # the 4xx ones are not retried
+    assert any("400" in r or "invalid_request_error" in r for s, r, _ in summary.reasons
+               if s == "failed")
+    shards = ctx.ledger.shards(ctx.ledger.run_by_key(summary.run_key)["id"])
+    assert max(s["attempt"] for s in shards) >= 1  # 5xx ones went to a follow-up shard
+    assert summary.counts["succeeded"] > 40
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_expired_batches_keep_finished_results_and_retry_the_rest(task, emulator, control,
+                                                                  tmp_path):
+    emulator.state.config.timing.expiry_seconds = 0.5
+    control.patch("/faults", json={"batch_expire_rate": 1.0, "expire_finished_fraction": 0.5})
+    ctx = make_context(task, emulator, tmp_path)
+    summary = run_batch_lane(ctx, f"{task}:expiry", sample_input(tmp_path))
+    results = check_run(ctx, emulator, summary)
+    ok = results[results.status == "succeeded"]
+    assert set(ok["attempt"]) == {0, 1, 2}  # finished ones kept, the rest retried
+    failed = results[results.status == "failed"]
+    assert len(failed) > 0 and failed["error_reason"].str.contains("expired").all()
+    assert failed["error_reason"].str.contains("budget exhausted").all()
+    assert summary.counts["succeeded"] > 30
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_failed_batches_end_with_every_row_terminal(task, emulator, control, tmp_path):
+    control.patch("/faults", json={"batch_fail_rate": 1.0})
+    ctx = make_context(task, emulator, tmp_path)
+    summary = run_batch_lane(ctx, f"{task}:all-fail", sample_input(tmp_path, rows=20))
+    items = [i for i in ctx.ledger.iter_items(ctx.ledger.run_by_key(summary.run_key)["id"])
+             if i["status"] != "rejected"]
+    assert len(items) >= 15 and {i["status"] for i in items} == {"failed"}
+    assert all("retry budget exhausted" in i["error_reason"] for i in items)
+    assert summary.cost_usd == 0 == billed_for(emulator, summary.batch_ids)
+
+
+def test_output_not_matching_the_schema_is_kept_as_invalid_output(emulator, tmp_path):
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    ctx.task = ctx.task.model_copy(update={"max_output_tokens": 5})  # truncated JSON
+    summary = run_batch_lane(ctx, "tagging:truncated", sample_input(tmp_path, rows=10),)
+    results = pd.read_parquet(ctx.storage.open(summary.results_url, "rb"))
+    invalid = results[results.status == "invalid_output"]
+    assert len(invalid) == summary.counts["invalid_output"] > 0
+    assert invalid["raw_text"].str.len().min() > 0  # kept, not dropped
+    assert invalid["error_reason"].str.startswith("invalid_output: not JSON").all()
+    assert summary.cost_usd == billed_for(emulator, summary.batch_ids)
+
+
+def test_bad_rows_in_csv_and_jsonl_name_row_and_field(emulator, tmp_path):
+    csv = tmp_path / "tickets.csv"
+    csv.write_bytes(b"ticket_id,subject,body\nA1,Hi,I was charged twice\n"
+                    b"A2,Hi,caf\xe9 au lait\nA3,Hi,\n,Hi,no id\nA1,Hi,dup\n")
+    jsonl = tmp_path / "tickets.jsonl"
+    jsonl.write_bytes(b'{"ticket_id":"B1","subject":"x","body":"login fails"}\n'
+                      b'{"ticket_id":"B2","body":"caf\xe9"}\nnot json\n')
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    csv_summary = run_batch_lane(ctx, "tagging:csv", str(csv))
+    assert csv_summary.counts == {"succeeded": 1, "rejected": 4}
+    reasons = {r for _, r, _ in csv_summary.reasons}
+    assert "row 2, field 'body': undecodable bytes (not UTF-8) at byte 3" in reasons
+    assert "row 3, field 'body': missing text" in reasons  # CSV: empty cell is null
+    assert "row 4, field 'ticket_id': missing key" in reasons
+    assert "row 5, field 'ticket_id': duplicate key (first at row 1)" in reasons
+    jsonl_summary = run_batch_lane(ctx, "tagging:jsonl", str(jsonl))
+    assert jsonl_summary.counts == {"succeeded": 1, "rejected": 2}
+    reasons = " | ".join(r for _, r, _ in jsonl_summary.reasons)
+    assert "row 2, field 'line': undecodable bytes" in reasons
+    assert "row 3, field 'line': not valid JSON" in reasons
+
+
+def test_storage_and_input_through_a_non_local_fsspec_url(emulator, tmp_path):
+    import fsspec
+
+    from lanewise.storage import Storage
+
+    with open(sample_input(tmp_path, rows=12), "rb") as source, \
+            fsspec.open("memory://inputs/tickets.parquet", "wb") as target:
+        target.write(source.read())
+    ctx = make_context("ticket-summary", emulator, tmp_path,
+                       storage=Storage("memory://lanewise-test"))
+    summary = run_batch_lane(ctx, "summary:memory", "memory://inputs/tickets.parquet")
+    assert summary.results_url.startswith("memory://")
+    assert "lanewise-test/runs/summary_memory/" in summary.results_url
+    assert ctx.storage.exists(summary.results_url)
+    shard = ctx.ledger.shards(ctx.ledger.run_by_key(summary.run_key)["id"])[0]
+    with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
+        first = json.loads(handle.readline())
+    assert first["custom_id"].endswith("--a0") and "params" in first
+
+
+def test_intent_without_batch_id_reattaches_instead_of_creating_again(emulator, tmp_path):
+    """OpenAI: a batch created just before a crash is found again by its shard metadata."""
+    ctx = make_context("ticket-tagging", emulator, tmp_path, crash_hook=crash_at("after_create"))
+    with pytest.raises(SimulatedCrash):
+        run_batch_lane(ctx, "tagging:reattach", sample_input(tmp_path, rows=12))
+    run_id = ctx.ledger.run_by_key("tagging:reattach")["id"]
+    shard = ctx.ledger.shards(run_id)[0]
+    assert shard["status"] == "submitting" and shard["provider_batch_id"] is None
+    before = batches_created(emulator)
+    ctx.crash_hook = lambda point: None
+    batch_id = submit_shard(ctx, shard["id"])
+    assert batches_created(emulator) == before
+    assert ctx.ledger.shard(shard["id"])["provider_batch_id"] == batch_id
