@@ -12,7 +12,7 @@ from lanewise.catalog import TaskSpec
 from lanewise.inputs import InputRow
 from lanewise.tokens import CHARS_PER_TOKEN, count_prompt_tokens
 
-SAFE_KEY = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]{0,53}$")
+SAFE_KEY = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]{0,47}$")
 EXCERPT_MARK = " [...]"
 
 
@@ -38,14 +38,17 @@ class RowRejection:
     reason: str
 
 
-def custom_id_for(key: str, attempt: int) -> str:
-    """A custom_id valid for both providers, unique per (key, attempt), mapping to the key.
+def custom_id_for(key: str, attempt: int, run_token: str) -> str:
+    """A custom_id valid for both providers (at most 64 of `[A-Za-z0-9_-]`), unique per
+    (key, run, attempt); the ledger maps it back to the key.
 
-    Keys that already fit `[A-Za-z0-9_-]` are kept readable; others become `_h` plus a
-    hash (the ledger maps it back). The attempt suffix keeps retries distinct.
+    Keys that already fit are kept readable (up to 48 characters); others become `_h`
+    plus a hash. The run token tells this run's requests from another run's over the
+    same keys (how a lost Anthropic batch is recognised); the attempt keeps retries
+    distinct.
     """
     stem = key if SAFE_KEY.match(key) else "_h" + hashlib.sha1(key.encode()).hexdigest()[:30]
-    return f"{stem}--a{attempt}"
+    return f"{stem}--{run_token}-{attempt}"
 
 
 def content_hash(provider: str, model: str, body: dict[str, Any]) -> str:

@@ -2,13 +2,14 @@
 
 A shard closes before a line would push it past the provider's request count, byte
 size or the estimated enqueued-token budget. Lines go straight to the shard's JSONL
-file under the storage root; only the current shard's custom_ids stay in memory.
+file under the storage root; only the current shard's item references stay in memory.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string  # the C escaper
 from typing import IO, Any
 
 from lanewise.providers.base import BatchLimits
@@ -24,12 +25,55 @@ class ClosedShard:
     request_count: int
     bytes: int
     estimated_tokens: int
-    custom_ids: list[str] = field(default_factory=list)
+    refs: list[Any] = field(default_factory=list)  # what the caller needs per line
 
 
 def encode_line(line: dict[str, Any]) -> bytes:
     """One JSONL line, compact, UTF-8, newline-terminated."""
     return (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+class LineEncoder:
+    """Encodes a task's batch lines from a template serialized once.
+
+    Every line of a task shares its structure (model, limits, output schema, URL):
+    only the custom_id, the system text and the message texts change. The adapter
+    builds one line with placeholder strings; it is dumped once and split at the
+    placeholders, and each row's line is the fixed pieces joined with its own
+    JSON-escaped strings. The bytes equal `encode_line` of the full dict.
+    """
+
+    def __init__(self, adapter: Any, task: Any) -> None:
+        from lanewise.requests import PreparedRequest
+
+        self.has_system = bool(task.prompt.system)
+        marks = [f"\u0000lanewise-slot-{i}\u0000" for i in range(3)]
+        sample = PreparedRequest(0, "", marks[1] if self.has_system else None,
+                                 [{"role": "user", "content": marks[2]}], 0, False)
+        template = encode_line(adapter.batch_line(marks[0],
+                                                  adapter.request_body(task, sample))).decode()
+        self.pieces: list[str] = []
+        self.order: list[int] = []
+        rest = template
+        while True:
+            found = [(rest.find(json.dumps(m)), i) for i, m in enumerate(marks)]
+            found = [(pos, i) for pos, i in found if pos >= 0]
+            if not found:
+                break
+            pos, index = min(found)
+            self.pieces.append(rest[:pos])
+            self.order.append(index)
+            rest = rest[pos + len(json.dumps(marks[index])):]
+        self.pieces.append(rest)
+
+    def encode(self, custom_id: str, request: Any) -> bytes:
+        """The JSONL line of one request."""
+        values = (custom_id, request.system, request.messages[0]["content"])
+        out = [self.pieces[0]]
+        for index, piece in zip(self.order, self.pieces[1:], strict=True):
+            out.append(_json_string(values[index]))
+            out.append(piece)
+        return "".join(out).encode()
 
 
 class ShardWriter:
@@ -54,8 +98,8 @@ class ShardWriter:
         self.index += 1
         return self._current
 
-    def add(self, custom_id: str, line: bytes, estimated_tokens: int) -> ClosedShard | None:
-        """Append a line; returns the shard that had to close to make room, if any."""
+    def add(self, ref: Any, line: bytes, estimated_tokens: int) -> ClosedShard | None:
+        """Append a line (remembering `ref` for it); returns the shard that had to close."""
         closed = None
         current = self._current
         if current is not None and current.request_count and (
@@ -73,7 +117,7 @@ class ShardWriter:
         current.request_count += 1
         current.bytes += len(line)
         current.estimated_tokens += estimated_tokens
-        current.custom_ids.append(custom_id)
+        current.refs.append(ref)
         return closed
 
     def close(self) -> ClosedShard | None:

@@ -56,5 +56,21 @@ def count_prompt_tokens(
     for message in messages:
         total += MESSAGE_OVERHEAD_TOKENS + count_text_tokens(content_text(message.get("content")))
     if schema is not None:
-        total += count_text_tokens(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        total += schema_tokens(schema)
     return total
+
+
+_schema_token_cache: dict[int, tuple[Any, int]] = {}
+
+
+def schema_tokens(schema: Any) -> int:
+    """Tokens of a schema's compact JSON; remembered per schema object, since a task's
+    schema is the same for every row and dumping it per row would dominate planning."""
+    cached = _schema_token_cache.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    tokens = count_text_tokens(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    if len(_schema_token_cache) > 256:
+        _schema_token_cache.clear()
+    _schema_token_cache[id(schema)] = (schema, tokens)  # holding it keeps the id valid
+    return tokens

@@ -187,7 +187,8 @@ def test_storage_and_input_through_a_non_local_fsspec_url(emulator, tmp_path):
     shard = ctx.ledger.shards(ctx.ledger.run_by_key(summary.run_key)["id"])[0]
     with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
         first = json.loads(handle.readline())
-    assert first["custom_id"].endswith("--a0") and "params" in first
+    token = ctx.ledger.run_by_key(summary.run_key)["token"]
+    assert first["custom_id"].endswith(f"--{token}-0") and "params" in first
 
 
 def test_intent_without_batch_id_reattaches_instead_of_creating_again(emulator, tmp_path):

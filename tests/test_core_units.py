@@ -85,9 +85,10 @@ def test_oversize_is_excerpted_or_rejected_per_task(catalog):
 
 @pytest.mark.parametrize("key", ["T-0001", "a" * 80, "has space/and:colon", "ünïcode", "_x"])
 def test_custom_ids_are_valid_for_both_providers_and_distinct(key):
-    ids = {custom_id_for(key, attempt) for attempt in range(3)}
-    assert len(ids) == 3 and all(ANTHROPIC_ID.match(i) for i in ids)
-    assert custom_id_for(key, 0) != custom_id_for(key + "x", 0)
+    ids = {custom_id_for(key, attempt, "a1b2c3") for attempt in range(12)}
+    assert len(ids) == 12 and all(ANTHROPIC_ID.match(i) for i in ids)
+    assert custom_id_for(key, 0, "a1b2c3") != custom_id_for(key + "x", 0, "a1b2c3")
+    assert custom_id_for(key, 0, "a1b2c3") != custom_id_for(key, 0, "d4e5f6")
 
 
 def test_shard_writer_respects_count_bytes_and_tokens(tmp_path):
@@ -136,3 +137,18 @@ def test_inputs_stream_parquet_csv_jsonl(tmp_path):
         list(read_rows(str(tmp_path / "missing.parquet")))
     with pytest.raises(InputError, match="format"):
         list(read_rows(str(tmp_path / "a.txt")))
+
+
+def test_line_encoder_matches_a_plain_dump_byte_for_byte(catalog):
+    from lanewise.providers.anthropic_adapter import AnthropicAdapter
+    from lanewise.providers.openai_adapter import OpenAIAdapter
+    from lanewise.sharding import LineEncoder
+
+    tricky = 'quote " backslash \\ newline \n tab \t nul \x00 ünïcode 😀 </script>'
+    for name, adapter in (("ticket-tagging", OpenAIAdapter(None)),
+                          ("ticket-summary", AnthropicAdapter(None))):
+        task = catalog.get(name)
+        request = prepare(task, row(1, subject=tricky, body=tricky))
+        custom_id = custom_id_for("T-1", 2, "a1b2c3")
+        expected = encode_line(adapter.batch_line(custom_id, adapter.request_body(task, request)))
+        assert LineEncoder(adapter, task).encode(custom_id, request) == expected

@@ -11,7 +11,7 @@ from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
 from lanewise.errors import ConfigurationError
 from lanewise.inputs import InputRow, read_rows
 from lanewise.requests import PreparedRequest, RowRejection, custom_id_for, prepare
-from lanewise.sharding import ClosedShard, ShardWriter, encode_line
+from lanewise.sharding import ClosedShard, LineEncoder, ShardWriter, encode_line
 from lanewise.tokens import count_prompt_tokens
 
 PLAN_CHUNK = 5000
@@ -49,7 +49,9 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
     """Read the input in chunks, record every row, and write round-0 shard files."""
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
                          ctx.adapter.limits, ctx.token_budget)
+    token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
+    encoder = LineEncoder(ctx.adapter, ctx.task)
     for chunk in _chunks(read_rows(input_url), PLAN_CHUNK):
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
@@ -74,9 +76,10 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             first_row_of_key[outcome.key] = row.number
             requests[row.number] = outcome
             accepted.append({"row_number": row.number, "input_key": outcome.key,
-                             "dedup_key": outcome.key, "custom_id": custom_id_for(outcome.key, 0),
+                             "dedup_key": outcome.key,
+                             "custom_id": custom_id_for(outcome.key, 0, token),
                              "status": "pending", "excerpted": outcome.excerpted})
-        inserted = ctx.ledger.add_items(run_id, accepted, rejected)
+        inserted = ctx.ledger.add_items(run_id, accepted, rejected)  # row number -> item id
         duplicates = [_rejection(RowRejection(a["row_number"], a["input_key"],
                                               ctx.task.input.key,
                                               "duplicate key (seen in an earlier row)"))
@@ -87,39 +90,36 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             if item["row_number"] not in inserted:
                 continue
             request = requests[item["row_number"]]
-            body = ctx.adapter.request_body(ctx.task, request)
-            line = encode_line(ctx.adapter.batch_line(item["custom_id"], body))
-            closed = writer.add(item["custom_id"], line, request.estimated_tokens)
+            line = encoder.encode(item["custom_id"], request)
+            ref = (inserted[item["row_number"]], item["custom_id"], 0)
+            closed = writer.add(ref, line, request.estimated_tokens)
             if closed is not None:
-                _record_shard(ctx, run_id, run_key, 0, closed, attempts=None)
+                _record_shard(ctx, run_id, run_key, 0, closed)
     closed = writer.close()
     if closed is not None:
-        _record_shard(ctx, run_id, run_key, 0, closed, attempts=None)
+        _record_shard(ctx, run_id, run_key, 0, closed)
 
 
 def _record_shard(ctx: LaneContext, run_id: int, run_key: str, round_number: int,
-                  closed: ClosedShard, attempts: dict[str, tuple[str, int]] | None) -> int:
-    """Ledger the shard; `attempts` maps new custom_id -> (old custom_id, attempt)."""
+                  closed: ClosedShard) -> int:
+    """Ledger the shard; its refs are (item id, custom_id in this shard, attempt)."""
     shard = {"shard_key": f"{run_key}/r{round_number}/s{closed.index}",
              "attempt": round_number, "jsonl_url": closed.url,
              "request_count": closed.request_count, "bytes": closed.bytes,
              "estimated_tokens": closed.estimated_tokens}
-    if attempts is None:
-        assignments = [{"b_custom_id": c, "custom_id": c, "attempt": 0}
-                       for c in closed.custom_ids]
-    else:
-        assignments = [{"b_custom_id": attempts[c][0], "custom_id": c,
-                        "attempt": attempts[c][1]} for c in closed.custom_ids]
+    assignments = [{"b_id": item_id, "custom_id": custom_id, "attempt": attempt}
+                   for item_id, custom_id, attempt in closed.refs]
     return ctx.ledger.add_shard(run_id, shard, assignments)
 
 
 def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
     """Put every item waiting for a retry into follow-up shards, copying its request line."""
     shard_rows = ctx.ledger.shards(run_id)
+    run = ctx.ledger.run(run_id)
     round_number = max((s["attempt"] for s in shard_rows), default=-1) + 1
     waiting: dict[int, dict[str, dict[str, Any]]] = {}
     for item in ctx.ledger.iter_items(run_id, status="retry",
-                                      columns=("row_number", "custom_id", "shard_id",
+                                      columns=("row_number", "id", "custom_id", "shard_id",
                                                "input_key", "attempt")):
         waiting.setdefault(item["shard_id"], {})[item["custom_id"]] = item
     if not waiting:
@@ -127,7 +127,7 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
     existing = sum(1 for s in shard_rows if s["attempt"] == round_number)
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r{round_number}/shard",
                          ctx.adapter.limits, ctx.token_budget, first_index=existing)
-    attempts: dict[str, tuple[str, int]] = {}
+    found: set[int] = set()
     for shard in shard_rows:
         wanted = waiting.get(shard["id"])
         if not wanted:
@@ -139,20 +139,19 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
                 if item is None:
                     continue
                 attempt = item["attempt"] + 1
-                new_id = custom_id_for(item["input_key"], attempt)
-                attempts[new_id] = (line["custom_id"], attempt)
-                line["custom_id"] = new_id
-                closed = writer.add(new_id, encode_line(line), _estimate(line))
+                line["custom_id"] = custom_id_for(item["input_key"], attempt, run["token"])
+                found.add(item["id"])
+                closed = writer.add((item["id"], line["custom_id"], attempt), encode_line(line),
+                                    _estimate(line))
                 if closed is not None:
-                    _record_shard(ctx, run_id, run_key, round_number, closed, attempts)
+                    _record_shard(ctx, run_id, run_key, round_number, closed)
     closed = writer.close()
     if closed is not None:
-        _record_shard(ctx, run_id, run_key, round_number, closed, attempts)
-    lost = [{"b_custom_id": custom_id, "status": "failed",
+        _record_shard(ctx, run_id, run_key, round_number, closed)
+    lost = [{"b_id": item["id"], "status": "failed",
              "error_reason": "retry impossible: the request line is missing from its shard file"}
-            for items in waiting.values() for custom_id in items
-            if custom_id not in {old for old, _ in attempts.values()}]
-    ctx.ledger.update_items(run_id, lost, where_status="retry")
+            for wanted in waiting.values() for item in wanted.values() if item["id"] not in found]
+    ctx.ledger.update_items(lost, where_status="retry")
 
 
 def _estimate(line: dict[str, Any]) -> int:

@@ -98,15 +98,11 @@ def await_shard(ctx: LaneContext, shard_id: int) -> BatchState | None:
         delay = min(delay * 2, ctx.settings.poll_max_seconds)
 
 
-def _attempt_of(custom_id: str) -> int:
-    return int(custom_id.rsplit("--a", 1)[1]) if "--a" in custom_id else 0
-
-
-def _failure(ctx: LaneContext, custom_id: str, reason: str, retryable: bool) -> dict[str, Any]:
-    if retryable and _attempt_of(custom_id) < ctx.task.retry_budget:
-        return {"b_custom_id": custom_id, "status": "retry", "error_reason": reason}
+def _failure(ctx: LaneContext, attempt: int, reason: str, retryable: bool) -> dict[str, Any]:
+    if retryable and attempt < ctx.task.retry_budget:
+        return {"status": "retry", "error_reason": reason}
     suffix = " (retry budget exhausted)" if retryable else ""
-    return {"b_custom_id": custom_id, "status": "failed", "error_reason": reason + suffix}
+    return {"status": "failed", "error_reason": reason + suffix}
 
 
 def _check_output(ctx: LaneContext, text: str | None) -> str | None:
@@ -119,25 +115,39 @@ def _check_output(ctx: LaneContext, text: str | None) -> str | None:
         value = json.loads(text)
     except ValueError as exc:
         return f"invalid_output: not JSON ({exc.msg})"
-    try:
-        jsonschema.validate(value, ctx.task.output.json_schema)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        return f"invalid_output: {where}: {exc.message}"
+    error = jsonschema.exceptions.best_match(
+        _validator(ctx.task.output.json_schema).iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return f"invalid_output: {where}: {error.message}"
     return None
 
 
-def outcome_update(ctx: LaneContext, outcome: ItemOutcome) -> dict[str, Any]:
+_validators: dict[int, tuple[Any, Any]] = {}
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A checked validator per schema, built once: validating each answer with a fresh
+    `jsonschema.validate` re-checks the schema itself every time (90% of collect time)."""
+    cached = _validators.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        cached = (schema, cls(schema))
+        _validators[id(schema)] = cached
+    return cached[1]
+
+
+def outcome_update(ctx: LaneContext, outcome: ItemOutcome, attempt: int) -> dict[str, Any]:
     """The ledger update for one request's outcome (costs priced from billed usage)."""
     if not outcome.ok:
         reason = f"{outcome.error_kind}: {outcome.error_message or ''}".strip()
-        return {**_failure(ctx, outcome.custom_id, reason, outcome.retryable),
+        return {**_failure(ctx, attempt, reason, outcome.retryable),
                 **_zero_usage()}
     usage = outcome.usage
     assert usage is not None
     problem = _check_output(ctx, outcome.text)
     return {
-        "b_custom_id": outcome.custom_id,
         "status": "invalid_output" if problem else "succeeded",
         "error_reason": problem,
         "output_text": outcome.text,
@@ -161,40 +171,44 @@ def _zero_usage() -> dict[str, Any]:
 def collect_shard(ctx: LaneContext, shard_id: int) -> None:
     """Turn an ended (or failed) batch's results into item states; idempotent."""
     shard = ctx.ledger.shard(shard_id)
-    run_id = shard["run_id"]
     if shard["status"] == "failed":
         code = (shard["failure"] or "failed").split(":", 1)[0]
         retryable = code not in PERMANENT_BATCH_FAILURES
-        _fail_remaining(ctx, run_id, shard_id, f"batch failed: {shard['failure']}", retryable)
+        _fail_remaining(ctx, shard_id, f"batch failed: {shard['failure']}", retryable)
         ctx.ledger.set_shard(shard_id, status="collected")
         return
     if shard["status"] != "ended":
         return
+    # Only items still `submitted` in this shard change, so collecting again after a
+    # crash skips what was already recorded.
+    waiting = ctx.ledger.shard_item_ids(shard_id, "submitted")
     raw_url = shard["jsonl_url"].removesuffix(".jsonl") + ".results.jsonl"
     pending: list[dict[str, Any]] = []
     with ctx.storage.open(raw_url, "wb") as raw_sink:
         for outcome in ctx.adapter.results(shard["provider_batch_id"], raw_sink):
-            pending.append(outcome_update(ctx, outcome))
+            item = waiting.pop(outcome.custom_id, None)
+            if item is None:
+                continue  # recorded before a crash, or not this shard's
+            item_id, attempt = item
+            pending.append({"b_id": item_id, **outcome_update(ctx, outcome, attempt)})
             if len(pending) >= ctx.collect_chunk:
-                _apply(ctx, run_id, shard_id, pending)
+                _apply(ctx, pending)
                 pending = []
                 ctx.crash_hook("mid_collect")
-    _apply(ctx, run_id, shard_id, pending)
-    _fail_remaining(ctx, run_id, shard_id, "missing from the provider's results", True)
+    _apply(ctx, pending)
+    _fail_remaining(ctx, shard_id, "missing from the provider's results", True)
     ctx.ledger.set_shard(shard_id, status="collected")
 
 
-def _apply(ctx: LaneContext, run_id: int, shard_id: int, updates: list[dict[str, Any]]) -> None:
-    # Only items still `submitted` in this shard change: re-collecting is harmless.
+def _apply(ctx: LaneContext, updates: list[dict[str, Any]]) -> None:
     by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for update in updates:
         by_shape.setdefault(tuple(update), []).append(update)
     for group in by_shape.values():
-        ctx.ledger.update_items(run_id, group, where_status="submitted", where_shard=shard_id)
+        ctx.ledger.update_items(group, where_status="submitted")
 
 
-def _fail_remaining(ctx: LaneContext, run_id: int, shard_id: int, reason: str,
-                    retryable: bool) -> None:
-    remaining = [item["custom_id"] for item in ctx.ledger.iter_items(
-        run_id, status="submitted", shard_id=shard_id, columns=("row_number", "custom_id"))]
-    _apply(ctx, run_id, shard_id, [_failure(ctx, c, reason, retryable) for c in remaining])
+def _fail_remaining(ctx: LaneContext, shard_id: int, reason: str, retryable: bool) -> None:
+    remaining = ctx.ledger.shard_item_ids(shard_id, "submitted")
+    _apply(ctx, [{"b_id": item_id, **_failure(ctx, attempt, reason, retryable)}
+                 for item_id, attempt in remaining.values()])

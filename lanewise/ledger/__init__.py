@@ -6,6 +6,7 @@ paid step (see `schema.py` for the states and docs/architecture.md for the rules
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -44,6 +45,8 @@ class Ledger:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            # pysqlite commits DDL on its own; take over BEGIN so a migration is atomic.
+            sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
         self.migrate()
 
     def migrate(self) -> None:
@@ -51,9 +54,17 @@ class Ledger:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with self.engine.begin() as connection:
-                config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+            with self.engine.connect() as connection:
+                raw = connection.connection.driver_connection
+                if self.dialect == "sqlite":
+                    # SQLite migrations rebuild tables; enforced foreign keys would refuse
+                    # to drop the old one. The pragma only works outside a transaction.
+                    raw.execute("PRAGMA foreign_keys=OFF")
+                with connection.begin():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "head")
+                if self.dialect == "sqlite":
+                    raw.execute("PRAGMA foreign_keys=ON")
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot migrate the ledger: {exc}") from exc
 
@@ -67,7 +78,8 @@ class Ledger:
             if row is not None:
                 return dict(row), False
             conn.execute(runs.insert().values(
-                run_key=run_key, task=task, provider=provider, model=model,
+                run_key=run_key, token=secrets.token_hex(3), task=task, provider=provider,
+                model=model,
                 input_url=input_url, status="planning", created_at=time.time()))
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().one()
             return dict(row), True
@@ -107,8 +119,8 @@ class Ledger:
     # --- items ----------------------------------------------------------------------
 
     def add_items(self, run_id: int, accepted: list[dict[str, Any]],
-                  rejected: list[dict[str, Any]]) -> set[int]:
-        """Insert rows; returns the row numbers of accepted rows whose key was new.
+                  rejected: list[dict[str, Any]]) -> dict[int, int]:
+        """Insert rows; returns {row number: item id} of accepted rows whose key was new.
 
         `accepted` rows carry `dedup_key`; a key already in the run makes the insert a
         no-op, and the caller records that row as a duplicate.
@@ -118,29 +130,27 @@ class Ledger:
                 "cost_picodollars": 0, "live_cost_picodollars": 0, "shard_id": None,
                 "custom_id": None, "error_field": None, "error_reason": None,
                 "output_text": None, "dedup_key": None}
-        inserted: set[int] = set()
+        inserted: dict[int, int] = {}
         with self.engine.begin() as conn:
             if accepted:
                 statement = _insert(self.dialect, items).on_conflict_do_nothing().returning(
-                    items.c.row_number)
+                    items.c.row_number, items.c.id)
                 for start in range(0, len(accepted), CHUNK):
                     chunk = [{**base, **row} for row in accepted[start : start + CHUNK]]
-                    inserted.update(conn.execute(statement, chunk).scalars().all())
+                    inserted.update(tuple(r) for r in conn.execute(statement, chunk).all())
             if rejected:
                 conn.execute(items.insert(), [{**base, **row} for row in rejected])
         return inserted
 
-    def update_items(self, run_id: int, updates: list[dict[str, Any]], *,
-                     where_status: str | None = None, where_shard: int | None = None) -> int:
-        """Update items by `b_custom_id` (set the other keys); returns rows changed."""
+    def update_items(self, updates: list[dict[str, Any]], *,
+                     where_status: str | None = None) -> int:
+        """Update items by id (`b_id`), setting the other keys; returns rows changed."""
         if not updates:
             return 0
         columns = [k for k in updates[0] if not k.startswith("b_")]
-        condition = [items.c.run_id == run_id, items.c.custom_id == sa.bindparam("b_custom_id")]
+        condition = [items.c.id == sa.bindparam("b_id")]
         if where_status is not None:
             condition.append(items.c.status == where_status)
-        if where_shard is not None:
-            condition.append(items.c.shard_id == where_shard)
         statement = items.update().where(*condition).values(
             {c: sa.bindparam(c) for c in columns})
         changed = 0
@@ -206,14 +216,14 @@ class Ledger:
                   assignments: list[dict[str, Any]]) -> int:
         """Record a planned shard and queue its items, in one transaction.
 
-        Each assignment is `{"b_custom_id": old, "custom_id": new, "attempt": n}`: the
-        item named `old` (pending, or waiting for a retry) moves into this shard as `new`.
+        Each assignment is `{"b_id": item id, "custom_id": new, "attempt": n}`: the item
+        (pending, or waiting for a retry) moves into this shard under custom_id `new`.
         """
         with self.engine.begin() as conn:
             shard_id = conn.execute(shards.insert().values(
                 run_id=run_id, status="planned", **shard).returning(shards.c.id)).scalar_one()
             statement = items.update().where(
-                items.c.run_id == run_id, items.c.custom_id == sa.bindparam("b_custom_id"),
+                items.c.id == sa.bindparam("b_id"),
                 sa.or_(items.c.status == "pending", items.c.status == "retry"),
             ).values(shard_id=shard_id, status="queued", custom_id=sa.bindparam("custom_id"),
                      attempt=sa.bindparam("attempt"))
@@ -226,6 +236,13 @@ class Ledger:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(shards).where(shards.c.id == shard_id))
                         .mappings().one())
+
+    def shard_item_ids(self, shard_id: int, status: str) -> dict[str, tuple[int, int]]:
+        """{custom_id: (item id, attempt)} of a shard's items in `status`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(items.c.custom_id, items.c.id, items.c.attempt).where(
+                items.c.shard_id == shard_id, items.c.status == status)).all()
+        return {custom_id: (item_id, attempt) for custom_id, item_id, attempt in rows}
 
     def shard_by_key(self, shard_key: str) -> dict[str, Any] | None:
         """The shard with this key, if any."""
@@ -267,6 +284,7 @@ class Ledger:
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions are begun by the "begin" hook
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -20,6 +20,9 @@ runs = sa.Table(
     "runs", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("run_key", sa.String(200), nullable=False, unique=True),
+    # Random per run; part of every custom_id, so one run's requests are told apart
+    # from another run's over the same keys.
+    sa.Column("token", sa.String(12), nullable=False),
     sa.Column("task", sa.String(100), nullable=False),
     sa.Column("provider", sa.String(20), nullable=False),
     sa.Column("model", sa.String(100), nullable=False),
