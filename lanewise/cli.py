@@ -135,6 +135,8 @@ def shards(run_key: str) -> None:
     from rich.table import Table
 
     from lanewise.ledger import Ledger
+    from lanewise.pricing import from_picodollars
+    from lanewise.reporting import usd
     from lanewise.settings import get_settings
 
     ledger = Ledger(get_settings().resolved_database_url)
@@ -142,12 +144,14 @@ def shards(run_key: str) -> None:
     if run is None:
         raise click.ClickException(f"no run {run_key!r} in the ledger")
     table = Table(title=f"shards of {run_key} ({run['status']})", title_justify="left")
-    for column in ("shard", "status", "batch", "provider status", "requests", "MB"):
-        table.add_column(column, justify="right" if column in ("requests", "MB") else "left")
+    numeric = ("requests", "MB", "cost")
+    for column in ("shard", "status", "batch", "provider status", *numeric):
+        table.add_column(column, justify="right" if column in numeric else "left")
     for shard in ledger.shards(run["id"]):
+        cost = from_picodollars(ledger.totals(run["id"], shard["id"])["cost_picodollars"])
         table.add_row(shard["shard_key"], shard["status"], shard["provider_batch_id"] or "",
                       shard["provider_status"] or "", f"{shard['request_count']:,}",
-                      f"{shard['bytes'] / 1e6:.2f}")
+                      f"{shard['bytes'] / 1e6:.2f}", usd(cost))
     console.print(table)
 
 

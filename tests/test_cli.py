@@ -44,3 +44,29 @@ def test_emulator_command_serves_both_sdks(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_runs_and_shards_commands_read_the_ledger(emulator, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from lanewise.batch.runner import run_batch_lane
+    from lanewise import cli as cli_module
+    from lanewise.cli import cli
+    from lanewise.settings import get_settings
+    from tests.lane_helpers import make_context, sample_input
+
+    ctx = make_context("ticket-summary", emulator, tmp_path)
+    summary = run_batch_lane(ctx, "summary:cli", sample_input(tmp_path, rows=12))
+    monkeypatch.setenv("LANEWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cli_module.console, "width", 200)
+    get_settings.cache_clear()
+    try:
+        runs = CliRunner().invoke(cli, ["runs"], terminal_width=200)
+        shards = CliRunner().invoke(cli, ["shards", "summary:cli"], terminal_width=200)
+        missing = CliRunner().invoke(cli, ["shards", "nope"])
+    finally:
+        get_settings.cache_clear()
+    assert runs.exit_code == 0 and "summary:cli" in runs.output
+    assert f"${summary.cost_usd:,.6f}" in runs.output
+    assert shards.exit_code == 0 and summary.batch_ids[0] in shards.output
+    assert missing.exit_code != 0 and "no run 'nope'" in missing.output
