@@ -110,7 +110,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
                               run_date=run_date.date() if run_date else None,
                               filter_by_date=not all_rows, run_key=run_key)
     ctx = context_for(task)
-    summary = summarize(ctx, ctx.ledger.run_by_key(brief["run_key"])["id"])
+    summary = summarize(ctx.ledger, ctx.ledger.run_by_key(brief["run_key"])["id"])
     console.print(cost_table([summary]))
     reasons = reasons_table(summary)
     if reasons is not None:

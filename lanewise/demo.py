@@ -69,7 +69,7 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
                                           run_key=f"{task}:demo-{stamp}")
                     ctx = context_for(task)
                     run = ctx.ledger.run_by_key(brief["run_key"])
-                    summaries.append(summarize(ctx, run["id"]))
+                    summaries.append(summarize(ctx.ledger, run["id"]))
             finally:
                 remove()
         console.print(cost_table(summaries, "Nightly batch runs: what they cost"))

@@ -204,3 +204,18 @@ def test_intent_without_batch_id_reattaches_instead_of_creating_again(emulator, 
     batch_id = submit_shard(ctx, shard["id"])
     assert batches_created(emulator) == before
     assert ctx.ledger.shard(shard["id"])["provider_batch_id"] == batch_id
+
+
+def test_shards_go_in_waves_within_the_enqueued_token_limit(emulator, tmp_path):
+    """With a 3,000-token enqueued limit and several shards, none fails on it."""
+    emulator.state.config.limits.openai_enqueued_tokens = 3000
+    emulator.state.config.timing.batch_seconds = 0.2
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    # A model no other test uses: the limit counts every active batch of the model.
+    ctx.task = ctx.task.model_copy(update={"model": "gpt-4.1-nano"})
+    ctx.token_budget = 3000
+    summary = run_batch_lane(ctx, "tagging:waves", sample_input(tmp_path))
+    shards = ctx.ledger.shards(ctx.ledger.run_by_key(summary.run_key)["id"])
+    assert len(shards) > 2 and all(s["failure"] is None for s in shards)
+    assert max(s["attempt"] for s in shards) == 0
+    check_run(ctx, emulator, summary)

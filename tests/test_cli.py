@@ -49,8 +49,8 @@ def test_emulator_command_serves_both_sdks(tmp_path):
 def test_runs_and_shards_commands_read_the_ledger(emulator, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from lanewise.batch.runner import run_batch_lane
     from lanewise import cli as cli_module
+    from lanewise.batch.runner import run_batch_lane
     from lanewise.cli import cli
     from lanewise.settings import get_settings
     from tests.lane_helpers import make_context, sample_input

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lanewise.batch.context import LaneContext, storage_prefix
+from lanewise.ledger import Ledger
 from lanewise.pricing import from_picodollars
 
 RESULT_CHUNK = 5000
@@ -76,15 +77,15 @@ class RunSummary:
         return "\n".join(lines) + "\n"
 
 
-def summarize(ctx: LaneContext, run_id: int) -> RunSummary:
+def summarize(ledger: Ledger, run_id: int) -> RunSummary:
     """Roll the run's items up into a summary (costs from the ledger, exact)."""
-    run = ctx.ledger.run(run_id)
-    totals = ctx.ledger.totals(run_id)
-    counts = ctx.ledger.count_items(run_id)
-    shard_rows = ctx.ledger.shards(run_id)
+    run = ledger.run(run_id)
+    totals = ledger.totals(run_id)
+    counts = ledger.count_items(run_id)
+    shard_rows = ledger.shards(run_id)
     return RunSummary(
         run_key=run["run_key"], task=run["task"], provider=run["provider"], model=run["model"],
-        rows=sum(counts.values()), counts=counts, reasons=ctx.ledger.reasons(run_id),
+        rows=sum(counts.values()), counts=counts, reasons=ledger.reasons(run_id),
         input_tokens=totals["input_tokens"], cached_input_tokens=totals["cached_input_tokens"],
         cache_write_tokens=totals["cache_write_tokens"], output_tokens=totals["output_tokens"],
         cost_usd=from_picodollars(totals["cost_picodollars"]),
@@ -148,16 +149,7 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
 
 def summarize_recent(limit: int = 20) -> list[RunSummary]:
     """Summaries of the newest runs in the configured ledger (no provider needed)."""
-    from lanewise.ledger import Ledger
     from lanewise.settings import get_settings
 
     ledger = Ledger(get_settings().resolved_database_url)
-    view = _LedgerOnly(ledger)
-    return [summarize(view, run_id) for run_id in ledger.recent_run_ids(limit)]
-
-
-@dataclass
-class _LedgerOnly:
-    """Just enough of a LaneContext for `summarize`: the ledger."""
-
-    ledger: Any
+    return [summarize(ledger, run_id) for run_id in ledger.recent_run_ids(limit)]

@@ -45,7 +45,7 @@ def finish_run(ctx: LaneContext, run_id: int) -> RunSummary:
         raise BatchError(f"run {run_id} still has {unfinished} unfinished items")
     url = write_results(ctx, run_id)
     ctx.ledger.set_run(run_id, status="finished", results_url=url, finished_at=time.time())
-    return summarize(ctx, run_id)
+    return summarize(ctx.ledger, run_id)
 
 
 @dataclass
@@ -83,15 +83,38 @@ def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
         shard_ids = steps.next_shards(run_id, run_key)
         if not shard_ids:
             break
-        for shard_id in shard_ids:
-            steps.submit(shard_id)
-        for shard_id in shard_ids:
-            steps.await_(shard_id)
-            steps.collect(shard_id)
-            _report(ctx, run_id)
+        for wave in waves(ctx, shard_ids):
+            for shard_id in wave:
+                steps.submit(shard_id)
+            for shard_id in wave:
+                steps.await_(shard_id)
+                steps.collect(shard_id)
+                _report(ctx, run_id)
     else:
         raise BatchError(f"run {run_key} did not settle after {MAX_ROUNDS} rounds")
     return steps.finish(run_id)
+
+
+def waves(ctx: LaneContext, shard_ids: list[int]) -> list[list[int]]:
+    """Group shards so the estimated tokens in flight stay within the enqueued budget.
+
+    A provider with a per-model enqueued-token limit (OpenAI) fails a batch that would
+    pass it (`token_limit_exceeded`), so shards go in waves whose estimates add up to
+    at most the budget; each shard alone already fits. Without a limit, one wave.
+    """
+    if ctx.token_budget is None:
+        return [shard_ids]
+    groups: list[list[int]] = []
+    in_flight = 0
+    for shard_id in shard_ids:
+        tokens = ctx.ledger.shard(shard_id)["estimated_tokens"]
+        if groups and in_flight + tokens <= ctx.token_budget:
+            groups[-1].append(shard_id)
+            in_flight += tokens
+        else:
+            groups.append([shard_id])
+            in_flight = tokens
+    return groups
 
 
 def _report(ctx: LaneContext, run_id: int) -> None:
