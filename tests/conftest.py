@@ -29,6 +29,15 @@ FAST = Timing(batch_seconds=0.3, validating_seconds=0.05, finalizing_seconds=0.0
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (it takes ~14 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
 def emulator_session() -> Iterator[RunningEmulator]:
     with running_emulator(EmulatorConfig(timing=FAST.model_copy())) as emu:
         yield emu

@@ -13,14 +13,6 @@ from tests.lane_helpers import billed_for, sample_input
 pytestmark = pytest.mark.prefect
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @pytest.fixture()
 def flow_env(emulator, tmp_path, monkeypatch, prefect_harness):
     """Settings for flows: this test's home, the test emulator, quick polls."""
@@ -85,3 +77,19 @@ def test_backfill_flow_takes_rows_of_the_date_range(flow_env, emulator, tmp_path
                      input_url=sample_input(tmp_path, rows=300))
     assert again["run_key"] == "ticket-summary:2026-08-01..2026-08-02"
     assert again["rows"] == 300
+
+
+def test_credentials_block_is_used_when_named(prefect_harness, emulator, monkeypatch):
+    from blocks.provider_credentials import ProviderCredentials
+    from lanewise.providers import get_adapter, resolve_credentials
+
+    ProviderCredentials(provider="openai", api_key="sk-from-block",
+                        base_url=emulator.openai_base_url).save("test-openai", overwrite=True)
+    monkeypatch.setenv("LANEWISE_OPENAI_CREDENTIALS_BLOCK", "test-openai")
+    get_settings.cache_clear()
+    try:
+        creds = resolve_credentials("openai")
+        assert creds.source == "block" and creds.api_key.get_secret_value() == "sk-from-block"
+        assert get_adapter("openai").client.batches.list(limit=1) is not None
+    finally:
+        get_settings.cache_clear()
