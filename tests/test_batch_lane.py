@@ -72,7 +72,8 @@ def test_rerun_of_a_finished_run_creates_nothing(task, emulator, tmp_path):
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("point", ["after_create", "after_record", "mid_poll", "mid_collect"])
+@pytest.mark.parametrize("point", ["mid_plan", "after_create", "after_record", "mid_poll",
+                                   "mid_collect"])
 def test_crash_then_rerun_pays_once_and_loses_nothing(task, point, emulator, tmp_path,
                                                       ledger_url):
     ledger = Ledger(ledger_url)
@@ -219,3 +220,12 @@ def test_shards_go_in_waves_within_the_enqueued_token_limit(emulator, tmp_path):
     assert len(shards) > 2 and all(s["failure"] is None for s in shards)
     assert max(s["attempt"] for s in shards) == 0
     check_run(ctx, emulator, summary)
+
+
+def test_a_run_key_keeps_its_input(emulator, tmp_path):
+    from lanewise.errors import ConfigurationError
+
+    ctx = make_context("ticket-summary", emulator, tmp_path)
+    run_batch_lane(ctx, "summary:same-input", sample_input(tmp_path, rows=10))
+    with pytest.raises(ConfigurationError, match="was started over"):
+        run_batch_lane(ctx, "summary:same-input", sample_input(tmp_path, rows=12))

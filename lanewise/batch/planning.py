@@ -36,6 +36,9 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
     if run["task"] != task.name:
         raise ConfigurationError(f"run key {run_key!r} belongs to task {run['task']!r}, "
                                  f"not {task.name!r}")
+    if run["input_url"] != input_url:
+        raise ConfigurationError(f"run {run_key!r} was started over {run['input_url']!r}; "
+                                 "rerun it with that input, or give this input another run key")
     if run["status"] == "planning":
         if not created:
             ctx.ledger.reset_planning(run["id"])  # a crash mid-planning: nothing was sent
@@ -95,6 +98,7 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             closed = writer.add(ref, line, request.estimated_tokens)
             if closed is not None:
                 _record_shard(ctx, run_id, run_key, 0, closed)
+                ctx.crash_hook("mid_plan")
     closed = writer.close()
     if closed is not None:
         _record_shard(ctx, run_id, run_key, 0, closed)
