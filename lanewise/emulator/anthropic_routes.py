@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from lanewise.emulator.engine import InvalidRequest
 from lanewise.emulator.http_errors import FAULT_MESSAGES, anthropic_error
 from lanewise.emulator.jobs import BatchJob
+from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
 from lanewise.pricing import Lane
 
@@ -143,15 +144,16 @@ def build_router(state: EmulatorState) -> APIRouter:
         jobs = sorted((j for j in state.jobs.values()
                        if j.provider == "anthropic" and not j.deleted),
                       key=lambda j: j.id, reverse=True)
+        def render(job: BatchJob) -> dict[str, Any]:
+            return batch_object(state, job)
+
+        if not before_id:
+            return page_after(jobs, lambda j: j.id, after_id, limit, render)
         ids = [j.id for j in jobs]
-        if before_id:
-            end = ids.index(before_id) if before_id in ids else 0
-            start = max(end - limit, 0)
-            window, has_more = jobs[start:end], start > 0
-        else:
-            start = ids.index(after_id) + 1 if after_id in ids else (len(ids) if after_id else 0)
-            window, has_more = jobs[start : start + limit], start + limit < len(jobs)
-        return {"data": [batch_object(state, j) for j in window], "has_more": has_more,
+        end = ids.index(before_id) if before_id in ids else 0
+        start = max(end - limit, 0)
+        window = jobs[start:end]
+        return {"data": [render(j) for j in window], "has_more": start > 0,
                 "first_id": window[0].id if window else None,
                 "last_id": window[-1].id if window else None}
 

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from lanewise.emulator.engine import InvalidRequest
 from lanewise.emulator.http_errors import FAULT_MESSAGES, openai_error
 from lanewise.emulator.jobs import BatchJob
+from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
 from lanewise.pricing import Lane
 from lanewise.tokens import count_prompt_tokens
@@ -21,19 +22,6 @@ ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/com
              "/v1/moderations")
 PHASE_STAMPS = {"failed": "failed_at", "completed": "completed_at", "expired": "expired_at",
                 "cancelled": "cancelled_at"}
-
-
-def _page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
-    """Cursor pagination over items sorted newest first, as the SDK walks it."""
-    start = 0
-    if after:
-        ids = [item["id"] for item in items]
-        start = ids.index(after) + 1 if after in ids else len(items)
-    page = items[start : start + limit]
-    return {"object": "list", "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": start + limit < len(items)}
 
 
 def validate_input(state: EmulatorState, path, endpoint: str) -> tuple[dict | None, int, str | None,
@@ -147,10 +135,12 @@ def build_router(state: EmulatorState) -> APIRouter:
     @router.get("/v1/files")
     def list_files(after: str | None = None, limit: int = 10_000, order: str = "desc",
                    purpose: str | None = None) -> Any:
-        files = [f.to_api() for f in state.files.all() if purpose in (None, f.purpose)]
+        files = [f for f in state.files.all() if purpose in (None, f.purpose)]
         if order == "desc":
             files.reverse()
-        return _page(files, after, max(1, min(limit, 10_000)))
+        page = page_after(files, lambda f: f.id, after, max(1, min(limit, 10_000)),
+                          lambda f: f.to_api())
+        return {"object": "list", **page}
 
     @router.get("/v1/files/{file_id}")
     def retrieve_file(file_id: str) -> Any:
@@ -236,14 +226,8 @@ def build_router(state: EmulatorState) -> APIRouter:
             return openai_error(400, "limit must be between 1 and 100.", param="limit")
         jobs = sorted((j for j in state.jobs.values() if j.provider == "openai"),
                       key=lambda j: j.id, reverse=True)
-        ids = [j.id for j in jobs]
-        start = ids.index(after) + 1 if after in ids else (len(ids) if after else 0)
-        window = jobs[start : start + limit]
-        page = {"object": "list", "data": [batch_object(state, j) for j in window]}
-        page.update(first_id=window[0].id if window else None,
-                    last_id=window[-1].id if window else None,
-                    has_more=start + limit < len(jobs))
-        return page
+        page = page_after(jobs, lambda j: j.id, after, limit, lambda j: batch_object(state, j))
+        return {"object": "list", **page}
 
     def _job(batch_id: str) -> BatchJob | None:
         job = state.jobs.get(batch_id)
