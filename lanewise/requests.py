@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +50,6 @@ def custom_id_for(key: str, attempt: int, run_token: str) -> str:
     return f"{stem}--{run_token}-{attempt}"
 
 
-def content_hash(provider: str, model: str, body: dict[str, Any]) -> str:
-    """The cache and dedup key of a request: provider, model, params and messages."""
-    canonical = json.dumps([provider, model, body], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def _cell_text(value: Any) -> str:
     if value is None:
         return ""
@@ -97,8 +90,13 @@ def prepare(task: TaskSpec, row: InputRow) -> PreparedRequest | RowRejection:
     return PreparedRequest(row.number, key, system, messages, tokens, excerpted)
 
 
+def estimate_tokens(task: TaskSpec, system: str | None, messages: list[dict[str, Any]]) -> int:
+    """Estimated input tokens of one of the task's requests (its output schema included)."""
+    schema = task.output.json_schema if task.output.type == "json" else None
+    return count_prompt_tokens(messages, system=system, schema=schema)
+
+
 def _render(task: TaskSpec, cells: dict[str, str]) -> tuple[str | None, list[dict], int]:
     system = task.prompt.system.format_map(cells) if task.prompt.system else None
     messages = [{"role": "user", "content": task.prompt.user.format_map(cells)}]
-    schema = task.output.json_schema if task.output.type == "json" else None
-    return system, messages, count_prompt_tokens(messages, system=system, schema=schema)
+    return system, messages, estimate_tokens(task, system, messages)

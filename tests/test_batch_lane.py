@@ -229,3 +229,22 @@ def test_a_run_key_keeps_its_input(emulator, tmp_path):
     run_batch_lane(ctx, "summary:same-input", sample_input(tmp_path, rows=10))
     with pytest.raises(ConfigurationError, match="was started over"):
         run_batch_lane(ctx, "summary:same-input", sample_input(tmp_path, rows=12))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_retry_shards_estimate_tokens_like_the_first_round(task, emulator, tmp_path):
+    """A retried request is the same request: same token estimate (schema included)."""
+    from lanewise.batch.planning import open_run, plan_retries
+
+    ctx = make_context(task, emulator, tmp_path)
+    run_id = open_run(ctx, f"{task}:estimates", sample_input(tmp_path, rows=20))
+    queued = [{"b_id": i["id"], "status": "retry"} for i in ctx.ledger.iter_items(run_id)
+              if i["status"] == "queued"]
+    ctx.ledger.update_items(queued, where_status="queued")
+    plan_retries(ctx, run_id, f"{task}:estimates")
+    by_round: dict[int, tuple[int, int]] = {}
+    for shard in ctx.ledger.shards(run_id):
+        count, tokens = by_round.get(shard["attempt"], (0, 0))
+        by_round[shard["attempt"]] = (count + shard["request_count"],
+                                      tokens + shard["estimated_tokens"])
+    assert by_round[0] == by_round[1] and by_round[0][0] == len(queued)

@@ -10,9 +10,14 @@ from typing import Any
 from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
 from lanewise.errors import ConfigurationError
 from lanewise.inputs import InputRow, read_rows
-from lanewise.requests import PreparedRequest, RowRejection, custom_id_for, prepare
+from lanewise.requests import (
+    PreparedRequest,
+    RowRejection,
+    custom_id_for,
+    estimate_tokens,
+    prepare,
+)
 from lanewise.sharding import ClosedShard, LineEncoder, ShardWriter, encode_line
-from lanewise.tokens import count_prompt_tokens
 
 PLAN_CHUNK = 5000
 
@@ -145,8 +150,10 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
                 attempt = item["attempt"] + 1
                 line["custom_id"] = custom_id_for(item["input_key"], attempt, run["token"])
                 found.add(item["id"])
+                body = line.get("body") or line.get("params") or {}
+                tokens = estimate_tokens(ctx.task, body.get("system"), body.get("messages", []))
                 closed = writer.add((item["id"], line["custom_id"], attempt), encode_line(line),
-                                    _estimate(line))
+                                    tokens)
                 if closed is not None:
                     _record_shard(ctx, run_id, run_key, round_number, closed)
     closed = writer.close()
@@ -157,7 +164,3 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
             for wanted in waiting.values() for item in wanted.values() if item["id"] not in found]
     ctx.ledger.update_items(lost, where_status="retry")
 
-
-def _estimate(line: dict[str, Any]) -> int:
-    body = line.get("body") or line.get("params") or {}
-    return count_prompt_tokens(body.get("messages") or [], system=body.get("system"))
