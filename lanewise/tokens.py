@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lanewise.memo import per_object
+
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 3
 REQUEST_OVERHEAD_TOKENS = 3
@@ -60,17 +62,8 @@ def count_prompt_tokens(
     return total
 
 
-_schema_token_cache: dict[int, tuple[Any, int]] = {}
-
-
+@per_object
 def schema_tokens(schema: Any) -> int:
-    """Tokens of a schema's compact JSON; remembered per schema object, since a task's
-    schema is the same for every row and dumping it per row would dominate planning."""
-    cached = _schema_token_cache.get(id(schema))
-    if cached is not None and cached[0] is schema:
-        return cached[1]
-    tokens = count_text_tokens(json.dumps(schema, sort_keys=True, separators=(",", ":")))
-    if len(_schema_token_cache) > 256:
-        _schema_token_cache.clear()
-    _schema_token_cache[id(schema)] = (schema, tokens)  # holding it keeps the id valid
-    return tokens
+    """Tokens of a schema's compact JSON (once per schema: dumping it for every row
+    would dominate planning)."""
+    return count_text_tokens(json.dumps(schema, sort_keys=True, separators=(",", ":")))

@@ -15,6 +15,7 @@ import jsonschema
 
 from lanewise.batch.context import LaneContext
 from lanewise.errors import BatchError, TransientProviderError
+from lanewise.memo import per_object
 from lanewise.pricing import Lane, to_picodollars
 from lanewise.providers.base import PERMANENT_BATCH_FAILURES, BatchState, ItemOutcome
 
@@ -123,19 +124,13 @@ def _check_output(ctx: LaneContext, text: str | None) -> str | None:
     return None
 
 
-_validators: dict[int, tuple[Any, Any]] = {}
-
-
+@per_object
 def _validator(schema: dict[str, Any]) -> Any:
     """A checked validator per schema, built once: validating each answer with a fresh
     `jsonschema.validate` re-checks the schema itself every time (90% of collect time)."""
-    cached = _validators.get(id(schema))
-    if cached is None or cached[0] is not schema:
-        cls = jsonschema.validators.validator_for(schema)
-        cls.check_schema(schema)
-        cached = (schema, cls(schema))
-        _validators[id(schema)] = cached
-    return cached[1]
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
 
 
 def outcome_update(ctx: LaneContext, outcome: ItemOutcome, attempt: int) -> dict[str, Any]:
