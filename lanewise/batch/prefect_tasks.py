@@ -92,9 +92,8 @@ def finish_run_task(task_name: str, run_id: int) -> RunSummary:
 class PrefectSteps:
     """The runner's steps, each executed as a Prefect task."""
 
-    def __init__(self, task_name: str, window: DateWindow | None) -> None:
+    def __init__(self, task_name: str) -> None:
         self.task_name = task_name
-        self.window = window
 
     def plan(self, run_key: str, input_url: str, window: DateWindow | None) -> int:
         return plan_run_task(self.task_name, run_key, input_url,
@@ -121,4 +120,4 @@ def run_in_prefect(task_name: str, run_key: str, input_url: str,
     """Drive one run from inside a flow: Prefect tasks for steps, a progress artifact."""
     ctx = context_for(task_name)
     ctx.progress = PrefectProgress(run_key)
-    return run_batch_lane(ctx, run_key, input_url, window, PrefectSteps(task_name, window))
+    return run_batch_lane(ctx, run_key, input_url, window, PrefectSteps(task_name))

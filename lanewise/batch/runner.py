@@ -17,6 +17,7 @@ from lanewise.batch.planning import open_run, plan_retries
 from lanewise.batch.results import RunSummary, summarize, write_results
 from lanewise.batch.steps import await_shard, collect_shard, submit_shard
 from lanewise.errors import BatchError
+from lanewise.ledger.schema import TERMINAL_ITEM_STATES
 
 MAX_ROUNDS = 20
 
@@ -120,6 +121,5 @@ def waves(ctx: LaneContext, shard_ids: list[int]) -> list[list[int]]:
 def _report(ctx: LaneContext, run_id: int) -> None:
     counts = ctx.ledger.count_items(run_id)
     total = sum(counts.values())
-    done = sum(n for s, n in counts.items() if s in ("succeeded", "invalid_output", "failed",
-                                                    "rejected"))
+    done = sum(n for s, n in counts.items() if s in TERMINAL_ITEM_STATES)
     ctx.progress(done, total, ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))

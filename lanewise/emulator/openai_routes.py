@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from lanewise.emulator.engine import InvalidRequest
 from lanewise.emulator.http_errors import FAULT_MESSAGES, openai_error
-from lanewise.emulator.jobs import BatchJob
+from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob
 from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
 from lanewise.pricing import Lane
@@ -247,7 +247,7 @@ def build_router(state: EmulatorState) -> APIRouter:
             return openai_error(404, f"No batch found with id '{batch_id}'.")
         with job.lock:
             view = job.view(time.time(), state.config)
-            if view.phase in ("completed", "failed", "expired", "cancelled", "cancelling"):
+            if view.phase in TERMINAL_PHASES or view.phase == "cancelling":
                 return openai_error(409, f"Cannot cancel a batch with status {view.phase!r}.")
             job.cancel_cut = view.done
             job.cancel_requested_at = time.time()

@@ -12,7 +12,7 @@ from typing import Any
 
 from lanewise.emulator.config import EmulatorConfig, Faults
 from lanewise.emulator.engine import ModelEngine
-from lanewise.emulator.jobs import BatchJob, BatchWorker, JobView, unit_draw
+from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob, BatchWorker, JobView, unit_draw
 from lanewise.emulator.store import BillingRecord, FileStore
 from lanewise.pricing import PriceTable
 
@@ -117,8 +117,7 @@ class EmulatorState:
         total = 0
         for job in list(self.jobs.values()):
             if job.provider == "openai" and job.model == model and job.failure is None:
-                if self.view(job, now).phase not in ("completed", "failed", "expired",
-                                                     "cancelled"):
+                if self.view(job, now).phase not in TERMINAL_PHASES:
                     total += job.enqueued_tokens
         return total
 
