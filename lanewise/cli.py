@@ -98,7 +98,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
     from flows.batch import backfill, nightly_batch
     from lanewise.batch.prefect_tasks import context_for
     from lanewise.batch.results import summarize
-    from lanewise.reporting import cost_table, reasons_table
+    from lanewise.reporting import print_runs
 
     if (start is None) != (end is None):
         raise click.UsageError("--start and --end go together")
@@ -111,11 +111,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
                               filter_by_date=not all_rows, run_key=run_key)
     ctx = context_for(task)
     summary = summarize(ctx.ledger, ctx.ledger.run_by_key(brief["run_key"])["id"])
-    console.print(cost_table([summary]))
-    reasons = reasons_table(summary)
-    if reasons is not None:
-        console.print(reasons)
-    console.print(f"results: {summary.results_url}")
+    print_runs(console, [summary], "What the run cost")
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lanewise.batch.progress import add_listener
 from lanewise.emulator import EmulatorConfig, Timing, running_emulator
-from lanewise.reporting import cost_table, reasons_table, usd
+from lanewise.reporting import print_runs, usd
 from lanewise.settings import DATA_DIR, get_settings
 
 DEMO_TASKS = ("ticket-tagging", "ticket-summary")
@@ -72,14 +72,8 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
                     summaries.append(summarize(ctx.ledger, run["id"]))
             finally:
                 remove()
-        console.print(cost_table(summaries, "Nightly batch runs: what they cost"))
-        for summary in summaries:
-            table = reasons_table(summary)
-            if table is not None:
-                console.print(table)
+        print_runs(console, summaries, "Nightly batch runs: what they cost")
         billed = httpx.get(f"{emu.url}/_emulator/billing").json()["total"]
         ledger_total = sum((s.cost_usd for s in summaries), Decimal(0))
         console.print(f"ledger total {usd(ledger_total)}; the emulator billed "
                       f"{usd(Decimal(billed['cost_usd']))} for {billed['requests']:,} requests")
-        for summary in summaries:
-            console.print(f"results of {summary.run_key}: {summary.results_url}")

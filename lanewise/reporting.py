@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from rich.console import Console
 from rich.table import Table
 
 from lanewise.batch.results import RunSummary
@@ -59,3 +60,14 @@ def reasons_table(summary: RunSummary, limit: int = 15) -> Table | None:
     if len(summary.reasons) > limit:
         table.add_row("...", f"{len(summary.reasons) - limit} more reasons", "")
     return table
+
+
+def print_runs(console: Console, summaries: list[RunSummary], title: str) -> None:
+    """The cost table, each run's not-succeeded reasons, and where its results are."""
+    console.print(cost_table(summaries, title))
+    for summary in summaries:
+        table = reasons_table(summary)
+        if table is not None:
+            console.print(table)
+    for summary in summaries:
+        console.print(f"results of {summary.run_key}: {summary.results_url}")

@@ -70,3 +70,20 @@ def test_runs_and_shards_commands_read_the_ledger(emulator, tmp_path, monkeypatc
     assert f"${summary.cost_usd:,.6f}" in runs.output
     assert shards.exit_code == 0 and summary.batch_ids[0] in shards.output
     assert missing.exit_code != 0 and "no run 'nope'" in missing.output
+
+
+def test_print_runs_shows_cost_reasons_and_results(emulator, tmp_path):
+    from rich.console import Console
+
+    from lanewise.batch.runner import run_batch_lane
+    from lanewise.reporting import print_runs
+    from tests.lane_helpers import make_context, sample_input
+
+    ctx = make_context("ticket-summary", emulator, tmp_path)
+    summary = run_batch_lane(ctx, "summary:print", sample_input(tmp_path, rows=12))
+    console = Console(record=True, width=200)
+    print_runs(console, [summary], "What the run cost")
+    text = console.export_text()
+    assert "What the run cost" in text and f"${summary.cost_usd:,.6f}" in text
+    assert "row 8, field 'body': empty text" in text
+    assert f"results of summary:print: {summary.results_url}" in text
