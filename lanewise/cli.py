@@ -92,26 +92,58 @@ def demo(input_url: str | None) -> None:
 @click.option("--end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Backfill to.")
 @click.option("--all-rows", is_flag=True, help="Every row of the input, no date filter.")
 @click.option("--run-key", default=None, help="Override the run key (task plus date).")
+@click.option("--wait", "wait_seconds", type=float, default=None,
+              help="If another process drives this run key, wait up to this many seconds "
+              "for it instead of stopping at once.")
 def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
-        run_key: str | None) -> None:
-    """Run (or resume) one batch-lane run through its Prefect flow."""
-    from flows.batch import backfill, nightly_batch
-    from lanewise.batch.prefect_tasks import context_for
-    from lanewise.batch.results import summarize
-    from lanewise.reporting import print_runs
+        run_key: str | None, wait_seconds: float | None) -> None:
+    """Run (or resume) one batch-lane run through its Prefect flow.
+
+    Flows run against PREFECT_API_URL when it is set; otherwise against a temporary
+    local Prefect server that stops with this command (even when it is killed).
+    """
+    import os
+
+    from lanewise.settings import get_settings
 
     if (start is None) != (end is None):
         raise click.UsageError("--start and --end go together")
-    if start is not None:
-        brief = backfill(task=task, start=start.date(), end=end.date(), input_url=input_url,
-                         run_key=run_key)
-    else:
-        brief = nightly_batch(task=task, input_url=input_url,
-                              run_date=run_date.date() if run_date else None,
-                              filter_by_date=not all_rows, run_key=run_key)
+    if wait_seconds is not None:
+        os.environ["LANEWISE_LEASE_WAIT_SECONDS"] = str(wait_seconds)
+        get_settings.cache_clear()
+    if "://" not in input_url:
+        # The run key keeps its input: the same file named from another folder is the
+        # same input.
+        input_url = os.path.abspath(input_url)
+    settings = get_settings()
+    _start_providers(task, settings)
+    from flows.batch import backfill, nightly_batch
+    from lanewise.batch.prefect_tasks import context_for
+    from lanewise.batch.results import summarize
+    from lanewise.ops.prefect_server import prefect_api
+    from lanewise.reporting import print_runs
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with prefect_api(settings.home / "prefect-server.log"):
+        if start is not None:
+            brief = backfill(task=task, start=start.date(), end=end.date(),
+                             input_url=input_url, run_key=run_key)
+        else:
+            brief = nightly_batch(task=task, input_url=input_url,
+                                  run_date=run_date.date() if run_date else None,
+                                  filter_by_date=not all_rows, run_key=run_key)
     ctx = context_for(task)
     summary = summarize(ctx.ledger, ctx.ledger.run_by_key(brief["run_key"])["id"])
     print_runs(console, [summary], "What the run cost")
+
+
+def _start_providers(task_name: str, settings: Any) -> None:
+    """Resolve the task's provider before any flow starts: with no key configured this
+    starts (or finds) the shared local emulator outside Prefect's logging."""
+    from lanewise.catalog import load_catalog
+    from lanewise.providers import resolve_credentials
+
+    resolve_credentials(load_catalog(settings.catalog_path).get(task_name).provider, settings)
 
 
 @cli.command()

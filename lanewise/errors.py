@@ -10,7 +10,8 @@ The hierarchy::
     │   ├── TransientProviderError    worth retrying: 429, 5xx, 529, timeouts, connection drops
     │   └── PermanentProviderError    not worth retrying: 4xx other than 408/409/429
     ├── BatchError                    a provider batch ended badly as a whole (failed, vanished)
-    └── LedgerError                   the ledger cannot be read or written as expected
+    ├── LedgerError                   the ledger cannot be read or written as expected
+    └── RunBusyError                  another process drives this run key now (names it)
 
 Adapters raise only these; the CLI turns them into one-line messages at its boundary.
 """
@@ -75,3 +76,7 @@ class BatchError(LanewiseError):
 
 class LedgerError(LanewiseError):
     """The ledger cannot be read or written as expected."""
+
+
+class RunBusyError(LanewiseError):
+    """Another live process holds the run key's lease; this one created nothing."""

@@ -56,6 +56,21 @@ class Settings(BaseSettings):
         description="Estimated input tokens one OpenAI batch may enqueue (your tier's "
         "per-model enqueued-token limit).",
     )
+    shard_max_requests: int | None = Field(
+        default=None,
+        description="Cap on requests per shard, below the provider's own limit (smaller "
+        "shards finish and are collected sooner; unset means the provider's limit).",
+    )
+    lease_seconds: float = Field(
+        default=60.0,
+        description="How long a run's lease lasts without renewal: another process may "
+        "take over a run key whose driver stopped renewing for this long.",
+    )
+    lease_wait_seconds: float = Field(
+        default=0.0,
+        description="How long a run waits for another process driving the same run key "
+        "to let go before giving up (0: say who drives it and stop at once).",
+    )
     poll_initial_seconds: float = Field(
         default=1.0, description="First wait between batch status polls.")
     poll_max_seconds: float = Field(

@@ -227,7 +227,9 @@ def test_a_run_key_keeps_its_input(emulator, tmp_path):
 
     ctx = make_context("ticket-summary", emulator, tmp_path)
     run_batch_lane(ctx, "summary:same-input", sample_input(tmp_path, rows=10))
-    with pytest.raises(ConfigurationError, match="was started over"):
+    with pytest.raises(ConfigurationError,
+                       match=r"already sent 1 batch\(es\) over .*tickets-10.parquet', so its "
+                             r"input is fixed.*--run-key summary:same-input-2"):
         run_batch_lane(ctx, "summary:same-input", sample_input(tmp_path, rows=12))
 
 

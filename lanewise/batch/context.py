@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
 from lanewise.catalog import TaskSpec, load_catalog
 from lanewise.ledger import Ledger
+from lanewise.ledger.lease import RunLease
 from lanewise.pricing import PriceTable, load_price_table
 from lanewise.providers import get_adapter
-from lanewise.providers.base import ProviderAdapter
+from lanewise.providers.base import BatchLimits, ProviderAdapter
 from lanewise.settings import Settings, get_settings
 from lanewise.storage import Storage
 
@@ -44,6 +45,18 @@ class LaneContext:
     progress: ProgressCallback = no_progress
     token_budget: int | None = field(default=None)
     collect_chunk: int = 2000
+    # The run lease this process holds while it drives a run (set by the runner);
+    # steps called on their own take one for their duration.
+    lease: RunLease | None = None
+
+    @property
+    def shard_limits(self) -> BatchLimits:
+        """The adapter's batch limits, with the configured cap on requests per shard."""
+        cap = self.settings.shard_max_requests
+        limits = self.adapter.limits
+        if cap is None or cap >= limits.max_requests:
+            return limits
+        return replace(limits, max_requests=max(cap, 1))
 
     @classmethod
     def build(cls, task_name: str, settings: Settings | None = None,

@@ -17,6 +17,7 @@ from lanewise.batch.planning import open_run, plan_retries
 from lanewise.batch.results import RunSummary, summarize, write_results
 from lanewise.batch.steps import await_shard, collect_shard, submit_shard
 from lanewise.errors import BatchError
+from lanewise.ledger.lease import RunLease
 from lanewise.ledger.schema import TERMINAL_ITEM_STATES
 
 MAX_ROUNDS = 20
@@ -35,6 +36,7 @@ class Steps(Protocol):
 
 def next_shards(ctx: LaneContext, run_id: int, run_key: str) -> list[int]:
     """Plan follow-up shards for retries, then list every shard not yet collected."""
+    ctx.ledger.reopen_stranded_shards(run_id)
     plan_retries(ctx, run_id, run_key)
     return [s["id"] for s in ctx.ledger.shards(run_id) if s["status"] != "collected"]
 
@@ -76,8 +78,23 @@ class LocalSteps:
 
 def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
                    window: DateWindow | None = None, steps: Steps | None = None) -> RunSummary:
-    """Run (or resume) one batch-lane run to the end: every row ends terminal."""
+    """Run (or resume) one batch-lane run to the end: every row ends terminal.
+
+    The whole run happens under the run key's lease: one process drives a run key at a
+    time, and a second one is told who does (RunBusyError) before it touches anything.
+    """
     steps = steps or LocalSteps(ctx)
+    with RunLease(ctx.ledger, run_key, ttl=ctx.settings.lease_seconds,
+                  wait_seconds=ctx.settings.lease_wait_seconds) as lease:
+        ctx.lease = lease
+        try:
+            return _drive(ctx, steps, run_key, input_url, window)
+        finally:
+            ctx.lease = None
+
+
+def _drive(ctx: LaneContext, steps: Steps, run_key: str, input_url: str,
+           window: DateWindow | None) -> RunSummary:
     run_id = steps.plan(run_key, input_url, window)
     _report(ctx, run_id)
     for _ in range(MAX_ROUNDS):

@@ -7,14 +7,17 @@ at the provider (`find_batch`) before anything is created again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
 
 from lanewise.batch.context import LaneContext
-from lanewise.errors import BatchError, TransientProviderError
+from lanewise.errors import BatchError, RunBusyError, TransientProviderError
+from lanewise.ledger.lease import RunLease
 from lanewise.memo import per_object
 from lanewise.pricing import Lane, to_picodollars
 from lanewise.providers.base import PERMANENT_BATCH_FAILURES, BatchState, ItemOutcome
@@ -27,19 +30,41 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
     shard = ctx.ledger.shard(shard_id)
     if shard["status"] not in ("planned", "submitting"):
         return shard["provider_batch_id"]
-    if shard["status"] == "submitting":
-        found = ctx.adapter.find_batch(shard["shard_key"], _shard_custom_ids(ctx, shard),
-                                       shard["intent_at"], ctx.ledger.claimed_batch_ids())
-        if found is not None:
-            _record_submitted(ctx, shard_id, found)
-            return found
-    ctx.ledger.set_shard(shard_id, status="submitting", intent_at=time.time())
-    with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
-        batch_id = ctx.adapter.submit(handle, shard["shard_key"], ctx.task.model)
-    ctx.crash_hook("after_create")
-    _record_submitted(ctx, shard_id, batch_id)
-    ctx.crash_hook("after_record")
-    return batch_id
+    run_key = ctx.ledger.run(shard["run_id"])["run_key"]
+    with _driving(ctx, run_key) as lease:
+        shard = ctx.ledger.shard(shard_id)  # again, now that this process drives the run
+        if shard["status"] not in ("planned", "submitting"):
+            return shard["provider_batch_id"]
+        if shard["status"] == "submitting":
+            found = ctx.adapter.find_batch(shard["shard_key"], _shard_custom_ids(ctx, shard),
+                                           shard["intent_at"], ctx.ledger.claimed_batch_ids())
+            if found is not None:
+                ctx.ledger.record_submitted(shard_id, found)
+                return found
+        # Nobody pays twice: the intent is a compare-and-set under the run's lease, so
+        # no second process can create this shard's batch in parallel.
+        if not ctx.ledger.claim_shard(shard_id, shard["status"], run_key, lease.holder):
+            raise RunBusyError(f"shard {shard['shard_key']} was claimed by another process, "
+                               f"or this process lost the lease of run {run_key}; "
+                               "it created nothing")
+        ctx.crash_hook("after_intent")
+        with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
+            batch_id = ctx.adapter.submit(handle, shard["shard_key"], ctx.task.model)
+        ctx.crash_hook("after_create")
+        ctx.ledger.record_submitted(shard_id, batch_id)
+        ctx.crash_hook("after_record")
+        return batch_id
+
+
+@contextlib.contextmanager
+def _driving(ctx: LaneContext, run_key: str) -> Iterator[RunLease]:
+    """The run's lease: the one this process holds, or one taken for this step."""
+    if ctx.lease is not None and ctx.lease.run_key == run_key:
+        yield ctx.lease
+        return
+    with RunLease(ctx.ledger, run_key, ttl=ctx.settings.lease_seconds,
+                  wait_seconds=ctx.settings.lease_wait_seconds) as lease:
+        yield lease
 
 
 def _shard_custom_ids(ctx: LaneContext, shard: dict[str, Any]) -> set[str]:
@@ -56,13 +81,9 @@ def attach_batch(ctx: LaneContext, shard_key: str, batch_id: str) -> None:
     if shard["status"] != "submitting":
         raise BatchError(f"shard {shard_key} is {shard['status']}, not submitting; "
                          "only a shard whose batch id was lost can be attached")
-    _record_submitted(ctx, shard["id"], batch_id)
-
-
-def _record_submitted(ctx: LaneContext, shard_id: int, batch_id: str) -> None:
-    ctx.ledger.set_shard(shard_id, status="submitted", provider_batch_id=batch_id,
-                         submitted_at=time.time())
-    ctx.ledger.mark_shard_items(shard_id, "queued", "submitted")
+    run_key = ctx.ledger.run(shard["run_id"])["run_key"]
+    with _driving(ctx, run_key):
+        ctx.ledger.record_submitted(shard["id"], batch_id)
 
 
 def await_shard(ctx: LaneContext, shard_id: int) -> BatchState | None:
@@ -164,46 +185,49 @@ def _zero_usage() -> dict[str, Any]:
 
 
 def collect_shard(ctx: LaneContext, shard_id: int) -> None:
-    """Turn an ended (or failed) batch's results into item states; idempotent."""
+    """Turn an ended (or failed) batch's results into item states; idempotent.
+
+    Item updates are committed in chunks; the last chunk and the shard's `collected`
+    go in one transaction, so a collected shard never has an unfinished item.
+    """
     shard = ctx.ledger.shard(shard_id)
     if shard["status"] == "failed":
         code = (shard["failure"] or "failed").split(":", 1)[0]
         retryable = code not in PERMANENT_BATCH_FAILURES
-        _fail_remaining(ctx, shard_id, f"batch failed: {shard['failure']}", retryable)
-        ctx.ledger.set_shard(shard_id, status="collected")
+        ctx.ledger.repair_shard_items(shard_id)
+        ctx.ledger.finish_collect(shard_id, _remaining(
+            ctx, shard_id, f"batch failed: {shard['failure']}", retryable, set()))
         return
     if shard["status"] != "ended":
         return
+    # Items still `queued` in a shard with a batch id come from a ledger written before
+    # the submit record was one transaction; the provider's results settle them.
+    ctx.ledger.repair_shard_items(shard_id)
     # Only items still `submitted` in this shard change, so collecting again after a
     # crash skips what was already recorded.
     waiting = ctx.ledger.shard_item_ids(shard_id, "submitted")
     raw_url = shard["jsonl_url"].removesuffix(".jsonl") + ".results.jsonl"
     pending: list[dict[str, Any]] = []
+    settled: set[int] = set()
     with ctx.storage.open(raw_url, "wb") as raw_sink:
         for outcome in ctx.adapter.results(shard["provider_batch_id"], raw_sink):
             item = waiting.pop(outcome.custom_id, None)
             if item is None:
                 continue  # recorded before a crash, or not this shard's
             item_id, attempt = item
+            settled.add(item_id)
             pending.append({"b_id": item_id, **outcome_update(ctx, outcome, attempt)})
             if len(pending) >= ctx.collect_chunk:
-                _apply(ctx, pending)
+                ctx.ledger.update_items(pending, where_status="submitted")
                 pending = []
                 ctx.crash_hook("mid_collect")
-    _apply(ctx, pending)
-    _fail_remaining(ctx, shard_id, "missing from the provider's results", True)
-    ctx.ledger.set_shard(shard_id, status="collected")
+    missing = _remaining(ctx, shard_id, "missing from the provider's results", True, settled)
+    ctx.ledger.finish_collect(shard_id, pending + missing)
 
 
-def _apply(ctx: LaneContext, updates: list[dict[str, Any]]) -> None:
-    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for update in updates:
-        by_shape.setdefault(tuple(update), []).append(update)
-    for group in by_shape.values():
-        ctx.ledger.update_items(group, where_status="submitted")
-
-
-def _fail_remaining(ctx: LaneContext, shard_id: int, reason: str, retryable: bool) -> None:
+def _remaining(ctx: LaneContext, shard_id: int, reason: str, retryable: bool,
+               settled: set[int]) -> list[dict[str, Any]]:
+    """Failure updates for the shard's items still `submitted` and not in `settled`."""
     remaining = ctx.ledger.shard_item_ids(shard_id, "submitted")
-    _apply(ctx, [{"b_id": item_id, **_failure(ctx, attempt, reason, retryable)}
-                 for item_id, attempt in remaining.values()])
+    return [{"b_id": item_id, **_failure(ctx, attempt, reason, retryable)}
+            for item_id, attempt in remaining.values() if item_id not in settled]

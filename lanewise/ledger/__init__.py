@@ -1,11 +1,17 @@
 """The ledger: runs, shards, items, usage and cost, in SQLite or PostgreSQL.
 
 The source of truth for resuming: every state change is committed before the next
-paid step (see `schema.py` for the states and docs/architecture.md for the rules).
+paid step, and every change that a resume rule reads (a shard and its items) is one
+transaction (see `schema.py` for the states and docs/architecture.md for the rules).
+
+Writes on SQLite use `BEGIN IMMEDIATE`, so two processes on one ledger queue for the
+write lock (busy timeout) instead of failing with "database is locked" when a read
+transaction tries to become a write one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Iterable, Iterator
@@ -18,10 +24,12 @@ from alembic.config import Config
 from sqlalchemy.exc import SQLAlchemyError
 
 from lanewise.errors import LedgerError
-from lanewise.ledger.schema import TERMINAL_ITEM_STATES, items, runs, shards
+from lanewise.ledger.schema import TERMINAL_ITEM_STATES, items, run_leases, runs, shards
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CHUNK = 2000
+# pg_advisory_xact_lock key that serializes migrations of one PostgreSQL database.
+MIGRATION_LOCK_KEY = 0x6C616E6577697365  # "lanewise"
 
 
 def _insert(dialect: str, table: sa.Table):
@@ -45,12 +53,27 @@ class Ledger:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            # pysqlite commits DDL on its own; take over BEGIN so a migration is atomic.
-            sa.event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+            # pysqlite commits DDL on its own; take over BEGIN so a migration is atomic,
+            # and take the write lock up front in write transactions (see module doc).
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
         self.migrate()
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction (BEGIN IMMEDIATE on SQLite)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(lanewise_write=True)
+            with conn.begin():
+                yield conn
+
     def migrate(self) -> None:
-        """Bring the schema to the newest migration."""
+        """Bring the schema to the newest migration, one process at a time.
+
+        Any number of first runs may open a new ledger at once: SQLite migrates under
+        its write lock (BEGIN IMMEDIATE, others wait on the busy timeout), PostgreSQL
+        under a transaction-scoped advisory lock; whoever comes second finds the schema
+        at head and does nothing.
+        """
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
@@ -60,7 +83,11 @@ class Ledger:
                     # SQLite migrations rebuild tables; enforced foreign keys would refuse
                     # to drop the old one. The pragma only works outside a transaction.
                     raw.execute("PRAGMA foreign_keys=OFF")
+                connection.execution_options(lanewise_write=True)
                 with connection.begin():
+                    if self.dialect == "postgresql":
+                        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                           {"key": MIGRATION_LOCK_KEY})
                     config.attributes["connection"] = connection
                     command.upgrade(config, "head")
                 if self.dialect == "sqlite":
@@ -73,7 +100,7 @@ class Ledger:
     def open_run(self, run_key: str, task: str, provider: str, model: str,
                  input_url: str) -> tuple[dict[str, Any], bool]:
         """The run with `run_key`, created if new; returns (run, created)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().first()
             if row is not None:
                 return dict(row), False
@@ -83,6 +110,24 @@ class Ledger:
                 input_url=input_url, status="planning", created_at=time.time()))
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().one()
             return dict(row), True
+
+    def restart_planning(self, run_id: int, input_url: str) -> None:
+        """Point a run that has sent nothing at another input and plan it again."""
+        with self._write() as conn:
+            sent = conn.execute(sa.select(sa.func.count()).select_from(shards).where(
+                shards.c.run_id == run_id, shards.c.status != "planned")).scalar_one()
+            if sent:
+                raise LedgerError(f"run {run_id} has sent batches; its input is fixed")
+            conn.execute(items.delete().where(items.c.run_id == run_id))
+            conn.execute(shards.delete().where(shards.c.run_id == run_id))
+            conn.execute(runs.update().where(runs.c.id == run_id).values(
+                input_url=input_url, status="planning"))
+
+    def sent_shards(self, run_id: int) -> int:
+        """How many of a run's shards got past `planned` (something may have been paid)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(shards).where(
+                shards.c.run_id == run_id, shards.c.status != "planned")).scalar_one()
 
     def run(self, run_id: int) -> dict[str, Any]:
         """One run's row."""
@@ -103,12 +148,12 @@ class Ledger:
 
     def set_run(self, run_id: int, **values: Any) -> None:
         """Update a run's columns."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
     def reset_planning(self, run_id: int) -> None:
         """Forget a half-planned run's items and shards (nothing was submitted yet)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             submitted = conn.execute(sa.select(sa.func.count()).select_from(shards).where(
                 shards.c.run_id == run_id, shards.c.status != "planned")).scalar_one()
             if submitted:
@@ -131,7 +176,7 @@ class Ledger:
                 "custom_id": None, "error_field": None, "error_reason": None,
                 "output_text": None, "dedup_key": None}
         inserted: dict[int, int] = {}
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if accepted:
                 statement = _insert(self.dialect, items).on_conflict_do_nothing().returning(
                     items.c.row_number, items.c.id)
@@ -147,16 +192,26 @@ class Ledger:
         """Update items by id (`b_id`), setting the other keys; returns rows changed."""
         if not updates:
             return 0
-        columns = [k for k in updates[0] if not k.startswith("b_")]
-        condition = [items.c.id == sa.bindparam("b_id")]
-        if where_status is not None:
-            condition.append(items.c.status == where_status)
-        statement = items.update().where(*condition).values(
-            {c: sa.bindparam(c) for c in columns})
+        with self._write() as conn:
+            return self._update_items(conn, updates, where_status)
+
+    @staticmethod
+    def _update_items(conn: sa.Connection, updates: list[dict[str, Any]],
+                      where_status: str | None) -> int:
+        """Group updates by their keys and apply each group as executemany."""
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for update in updates:
+            by_shape.setdefault(tuple(update), []).append(update)
         changed = 0
-        with self.engine.begin() as conn:
-            for start in range(0, len(updates), CHUNK):
-                result = conn.execute(statement, updates[start : start + CHUNK])
+        for shape, group in by_shape.items():
+            columns = [k for k in shape if not k.startswith("b_")]
+            condition = [items.c.id == sa.bindparam("b_id")]
+            if where_status is not None:
+                condition.append(items.c.status == where_status)
+            statement = items.update().where(*condition).values(
+                {c: sa.bindparam(c) for c in columns})
+            for start in range(0, len(group), CHUNK):
+                result = conn.execute(statement, group[start : start + CHUNK])
                 changed += max(result.rowcount, 0)
         return changed
 
@@ -219,7 +274,7 @@ class Ledger:
         Each assignment is `{"b_id": item id, "custom_id": new, "attempt": n}`: the item
         (pending, or waiting for a retry) moves into this shard under custom_id `new`.
         """
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             shard_id = conn.execute(shards.insert().values(
                 run_id=run_id, status="planned", **shard).returning(shards.c.id)).scalar_one()
             statement = items.update().where(
@@ -259,15 +314,140 @@ class Ledger:
 
     def set_shard(self, shard_id: int, **values: Any) -> None:
         """Update a shard's columns."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(shards.update().where(shards.c.id == shard_id).values(**values))
 
-    def mark_shard_items(self, shard_id: int, from_status: str, to_status: str) -> None:
-        """Move a shard's items from one status to another."""
-        with self.engine.begin() as conn:
+    def claim_shard(self, shard_id: int, from_status: str, run_key: str, holder: str) -> bool:
+        """Move a shard to `submitting` (the intent) if it is still in `from_status` and
+        `holder` holds the run's lease; False when another process got there first.
+
+        The compare-and-set and the lease check are one statement: two processes can
+        never both record the intent for the same shard, and a process whose lease
+        lapsed (someone else drives the run now) cannot either.
+        """
+        now = time.time()
+        lease_held = sa.exists().where(run_leases.c.run_key == run_key,
+                                       run_leases.c.holder == holder,
+                                       run_leases.c.expires_at > now)
+        with self._write() as conn:
+            result = conn.execute(shards.update().where(
+                shards.c.id == shard_id, shards.c.status == from_status, lease_held,
+            ).values(status="submitting", intent_at=now))
+            return result.rowcount == 1
+
+    def record_submitted(self, shard_id: int, batch_id: str) -> None:
+        """Record a shard's provider batch id and move its items to `submitted`.
+
+        One transaction: a crash can never leave a submitted shard whose items are
+        still `queued` (collection reads the items by the shard's state).
+        """
+        with self._write() as conn:
+            conn.execute(shards.update().where(shards.c.id == shard_id).values(
+                status="submitted", provider_batch_id=batch_id, submitted_at=time.time()))
             conn.execute(items.update().where(items.c.shard_id == shard_id,
-                                              items.c.status == from_status)
-                         .values(status=to_status))
+                                              items.c.status == "queued")
+                         .values(status="submitted"))
+
+    def repair_shard_items(self, shard_id: int) -> int:
+        """Items of a shard with a provider batch that are still `queued` become
+        `submitted`, so collection matches them to the provider's results.
+
+        Only a ledger written before `record_submitted` was one transaction can hold
+        such items; the provider's results then say what happened to each.
+        """
+        with self._write() as conn:
+            result = conn.execute(items.update().where(
+                items.c.shard_id == shard_id, items.c.status == "queued",
+                sa.exists().where(shards.c.id == shard_id,
+                                  shards.c.provider_batch_id.is_not(None)),
+            ).values(status="submitted"))
+            return max(result.rowcount, 0)
+
+    def reopen_stranded_shards(self, run_id: int) -> list[int]:
+        """Collected shards that still have unfinished items go back to `submitted`, so
+        they are awaited and collected again from the provider's results (an old
+        ledger's repair)."""
+        stranded = (sa.select(items.c.shard_id).where(
+            items.c.run_id == run_id, items.c.status.in_(("queued", "submitted")))
+            .distinct().scalar_subquery())
+        with self._write() as conn:
+            ids = list(conn.execute(sa.select(shards.c.id).where(
+                shards.c.run_id == run_id, shards.c.status == "collected",
+                shards.c.provider_batch_id.is_not(None),
+                shards.c.id.in_(stranded))).scalars())
+            if ids:
+                conn.execute(shards.update().where(shards.c.id.in_(ids))
+                             .values(status="submitted"))
+        return ids
+
+    def finish_collect(self, shard_id: int, updates: list[dict[str, Any]]) -> None:
+        """Apply the last item updates of a shard and mark it `collected`, in one
+        transaction (updates by `b_id`, only to items still `submitted`)."""
+        with self._write() as conn:
+            self._update_items(conn, updates, "submitted")
+            conn.execute(shards.update().where(shards.c.id == shard_id)
+                         .values(status="collected"))
+
+    # --- leases -----------------------------------------------------------------------
+
+    def try_lease(self, run_key: str, holder: str, host: str, pid: int, ttl: float,
+                  holder_is_dead) -> dict[str, Any] | None:
+        """Take the run key's lease for `holder`; returns None on success, or the
+        current lease when someone else holds it (alive and unexpired).
+
+        `holder_is_dead(lease)` says whether a lease's holder is known to be gone
+        (same host, process no longer running), so a killed run's lease is taken over
+        at once instead of after it lapses.
+        """
+        now = time.time()
+        with self._write() as conn:
+            lease = conn.execute(sa.select(run_leases).where(
+                run_leases.c.run_key == run_key)).mappings().first()
+            values = {"holder": holder, "host": host, "pid": pid, "acquired_at": now,
+                      "expires_at": now + ttl}
+            if lease is None:
+                conn.execute(_insert(self.dialect, run_leases).values(
+                    run_key=run_key, **values).on_conflict_do_nothing())
+                taken = conn.execute(sa.select(run_leases.c.holder).where(
+                    run_leases.c.run_key == run_key)).scalar_one()
+                if taken == holder:
+                    return None
+                lease = conn.execute(sa.select(run_leases).where(
+                    run_leases.c.run_key == run_key)).mappings().one()
+                return dict(lease)
+            if lease["holder"] != holder and lease["expires_at"] > now and \
+                    not holder_is_dead(dict(lease)):
+                return dict(lease)
+            # Compare-and-set on the holder we saw: a third process taking it over in
+            # between makes this a no-op, and we report it as busy.
+            result = conn.execute(run_leases.update().where(
+                run_leases.c.run_key == run_key,
+                run_leases.c.holder == lease["holder"]).values(**values))
+            if result.rowcount != 1:
+                return dict(conn.execute(sa.select(run_leases).where(
+                    run_leases.c.run_key == run_key)).mappings().one())
+        return None
+
+    def renew_lease(self, run_key: str, holder: str, ttl: float) -> bool:
+        """Extend `holder`'s lease; False when it is no longer theirs."""
+        with self._write() as conn:
+            result = conn.execute(run_leases.update().where(
+                run_leases.c.run_key == run_key, run_leases.c.holder == holder,
+            ).values(expires_at=time.time() + ttl))
+            return result.rowcount == 1
+
+    def release_lease(self, run_key: str, holder: str) -> None:
+        """Give up `holder`'s lease (no-op when it is not theirs)."""
+        with self._write() as conn:
+            conn.execute(run_leases.delete().where(run_leases.c.run_key == run_key,
+                                                   run_leases.c.holder == holder))
+
+    def lease(self, run_key: str) -> dict[str, Any] | None:
+        """The run key's current lease row, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(run_leases).where(
+                run_leases.c.run_key == run_key)).mappings().first()
+        return dict(row) if row else None
 
     def claimed_batch_ids(self) -> set[str]:
         """Provider batch ids already recorded for some shard."""
@@ -286,7 +466,14 @@ class Ledger:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # transactions are begun by the "begin" hook
     cursor = dbapi_connection.cursor()
+    # The busy timeout first: switching a new file to WAL needs a lock that another
+    # process opening the same new ledger may hold for a moment.
+    cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    immediate = conn.get_execution_options().get("lanewise_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

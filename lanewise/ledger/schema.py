@@ -82,4 +82,17 @@ items = sa.Table(
     sa.Index("ix_items_shard", "shard_id"),
 )
 
+# Who drives a run key now. A process takes the lease before planning or submitting
+# and renews it while it works; another process on the same key is refused (or waits)
+# until the lease is released, lapses, or its holder is seen dead on the same host.
+run_leases = sa.Table(
+    "run_leases", metadata,
+    sa.Column("run_key", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),  # host:pid:start:token
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("acquired_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
 TERMINAL_ITEM_STATES = ("rejected", "succeeded", "invalid_output", "failed")

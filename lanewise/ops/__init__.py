@@ -1,0 +1,1 @@
+"""Operating lanewise: the servers a command needs, started and stopped with it."""
