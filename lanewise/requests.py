@@ -12,6 +12,7 @@ from lanewise.inputs import InputRow
 from lanewise.tokens import CHARS_PER_TOKEN, count_prompt_tokens
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]{0,47}$")
+MAX_KEY_BYTES = 1000  # keys go into a unique index (PostgreSQL refuses entries over ~2.7 kB)
 EXCERPT_MARK = " [...]"
 
 
@@ -56,13 +57,30 @@ def _cell_text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _key_problem(key: str | None) -> str | None:
+    """Why a key cannot be recorded as it is, or None."""
+    if key is None:
+        return None
+    nul = key.find("\x00")
+    if nul >= 0:
+        return f"key contains a NUL character at character {nul}"
+    if len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        return f"key too long ({len(key.encode('utf-8'))} bytes; at most {MAX_KEY_BYTES})"
+    return None
+
+
 def prepare(task: TaskSpec, row: InputRow) -> PreparedRequest | RowRejection:
     """Build the request for one row, or say exactly why the row is rejected."""
     key_value = row.values.get(task.input.key)
     key = _cell_text(key_value).strip() or None
+    key_problem = _key_problem(key)
+    if key_problem is not None:
+        key = None  # the ledger could not hold it
     if row.problem is not None:
         field, reason = row.problem
         return RowRejection(row.number, key, field, reason)
+    if key_problem is not None:
+        return RowRejection(row.number, None, task.input.key, key_problem)
     if key is None:
         reason = "missing key" if task.input.key not in row.values or key_value is None \
             else "empty key"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
-from lanewise.errors import ConfigurationError
+from lanewise.errors import ConfigurationError, InputError
 from lanewise.inputs import InputRow, read_rows
 from lanewise.requests import (
     PreparedRequest,
@@ -35,19 +35,36 @@ def _rejection(rejection: RowRejection) -> dict[str, Any]:
 
 def open_run(ctx: LaneContext, run_key: str, input_url: str,
              window: DateWindow | None = None) -> int:
-    """Open (or resume) the run for `run_key`; plan it unless planning already finished."""
+    """Open (or resume) the run for `run_key`; plan it unless planning already finished.
+
+    A run that has sent nothing may be pointed at another input (a mistyped path is
+    fixed by rerunning with the right one); once a batch was sent, the input is fixed.
+    A file-level input problem leaves the run with no items, so a corrected rerun is
+    never blocked by it.
+    """
     task = ctx.task
     run, created = ctx.ledger.open_run(run_key, task.name, task.provider, task.model, input_url)
     if run["task"] != task.name:
         raise ConfigurationError(f"run key {run_key!r} belongs to task {run['task']!r}, "
                                  f"not {task.name!r}")
     if run["input_url"] != input_url:
-        raise ConfigurationError(f"run {run_key!r} was started over {run['input_url']!r}; "
-                                 "rerun it with that input, or give this input another run key")
+        sent = ctx.ledger.sent_shards(run["id"])
+        if sent:
+            raise ConfigurationError(
+                f"run {run_key!r} already sent {sent} batch(es) over {run['input_url']!r}, "
+                f"so its input is fixed. Rerun it over that input to resume it, or run "
+                f"{input_url!r} under a new run key (--run-key {run_key}-2).")
+        ctx.ledger.restart_planning(run["id"], input_url)
+        run = ctx.ledger.run(run["id"])
     if run["status"] == "planning":
         if not created:
             ctx.ledger.reset_planning(run["id"])  # a crash mid-planning: nothing was sent
-        plan_first_round(ctx, run["id"], run_key, input_url, window)
+        try:
+            plan_first_round(ctx, run["id"], run_key, input_url, window)
+        except InputError:
+            # Unreadable or unusable as a whole: keep nothing that a rerun would trip on.
+            ctx.ledger.reset_planning(run["id"])
+            raise
         ctx.ledger.set_run(run["id"], status="running")
     return run["id"]
 
@@ -56,11 +73,12 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
                      window: DateWindow | None) -> None:
     """Read the input in chunks, record every row, and write round-0 shard files."""
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
-                         ctx.adapter.limits, ctx.token_budget)
+                         ctx.shard_limits, ctx.token_budget)
     token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
-    for chunk in _chunks(read_rows(input_url), PLAN_CHUNK):
+    rows = read_rows(input_url, _needed_columns(ctx, window))
+    for chunk in _chunks(rows, PLAN_CHUNK):
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
         requests: dict[int, PreparedRequest] = {}
@@ -88,10 +106,13 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
                              "custom_id": custom_id_for(outcome.key, 0, token),
                              "status": "pending", "excerpted": outcome.excerpted})
         inserted = ctx.ledger.add_items(run_id, accepted, rejected)  # row number -> item id
-        duplicates = [_rejection(RowRejection(a["row_number"], a["input_key"],
-                                              ctx.task.input.key,
-                                              "duplicate key (seen in an earlier row)"))
-                      for a in accepted if a["row_number"] not in inserted]
+        again = [a for a in accepted if a["row_number"] not in inserted]
+        first_rows = ctx.ledger.rows_of_keys(run_id, [a["dedup_key"] for a in again])
+        duplicates = [_rejection(RowRejection(
+            a["row_number"], a["input_key"], ctx.task.input.key,
+            f"duplicate key (first at row {first_rows[a['dedup_key']]})"
+            if a["dedup_key"] in first_rows else "duplicate key (seen in an earlier row)"))
+            for a in again]
         if duplicates:
             ctx.ledger.add_items(run_id, [], duplicates)
         for item in accepted:
@@ -107,6 +128,17 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
     closed = writer.close()
     if closed is not None:
         _record_shard(ctx, run_id, run_key, 0, closed)
+
+
+def _needed_columns(ctx: LaneContext, window: DateWindow | None) -> list[str]:
+    """Columns without which no row of the input could be used: a file lacking one
+    fails as a whole. Prompt columns not listed as required may be absent (they read
+    as empty); the date column is needed only when rows are picked by date."""
+    spec = ctx.task.input
+    needed = [spec.key, *spec.required]
+    if window is not None and spec.date_column:
+        needed.append(spec.date_column)
+    return needed
 
 
 def _record_shard(ctx: LaneContext, run_id: int, run_key: str, round_number: int,
@@ -135,7 +167,7 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
         return
     existing = sum(1 for s in shard_rows if s["attempt"] == round_number)
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r{round_number}/shard",
-                         ctx.adapter.limits, ctx.token_budget, first_index=existing)
+                         ctx.shard_limits, ctx.token_budget, first_index=existing)
     found: set[int] = set()
     for shard in shard_rows:
         wanted = waiting.get(shard["id"])

@@ -236,6 +236,16 @@ class Ledger:
             yield from rows
             last_row = rows[-1]["row_number"]
 
+    def rows_of_keys(self, run_id: int, keys: list[str]) -> dict[str, int]:
+        """{key: row number} of the accepted rows already recorded under these keys."""
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                query = sa.select(items.c.dedup_key, items.c.row_number).where(
+                    items.c.run_id == run_id, items.c.dedup_key.in_(keys[start:start + 500]))
+                found.update((key, row) for key, row in conn.execute(query))
+        return found
+
     def count_items(self, run_id: int) -> dict[str, int]:
         """Items per status."""
         with self.engine.connect() as conn:
