@@ -214,6 +214,16 @@ def _wait_and_kill(process: subprocess.Popen, probe: LedgerProbe, phase: str,
     return True
 
 
+def kill_plan(kills: int, rng: random.Random) -> list[str]:
+    """Which moment each kill aims at: every phase in turn, with every third kill at a
+    purely random time instead; the planning kills first, since a run is planned only
+    until its first planning finishes."""
+    plan = ["time" if i % 3 == 2 else PHASES[(i - i // 3) % len(PHASES)] for i in range(kills)]
+    rest = [p for p in plan if p != "planning"]
+    rng.shuffle(rest)
+    return [p for p in plan if p == "planning"] + rest
+
+
 def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
               ledger_url: str, emulator_url: str, prefect_api_url: str,
               shard_max_requests: int, run_timeout: float = 600.0,
@@ -239,8 +249,7 @@ def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
     report = ChaosReport(task=task, ledger=sa.engine.make_url(ledger_url).get_backend_name(),
                          rows=rows, kills=0)
     probe = LedgerProbe(ledger_url, run_key)
-    plan = [PHASES[i % len(PHASES)] if i % 2 == 0 else "time" for i in range(kills)]
-    rng.shuffle(plan)
+    plan = kill_plan(kills, rng)
     started = time.monotonic()
     logs = workdir / "runs.log"
     try:
