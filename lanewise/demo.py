@@ -1,14 +1,16 @@
 """The README's main job: nightly tagging and summaries over the sample tickets.
 
-Starts the emulator in-process (no API key), runs both tasks through the Prefect
-flow (an ephemeral Prefect server, nothing to start by hand), then prints the cost
-table, what the emulator billed, and where the results are.
+Starts the emulator in-process before any flow (no API key), runs both tasks through
+the Prefect flow (PREFECT_API_URL, or a temporary local server bound to this
+process), then prints the cost table, what the emulator billed, and where the
+results are.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from datetime import date
 from decimal import Decimal
 
@@ -18,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lanewise.batch.progress import add_listener
 from lanewise.emulator import EmulatorConfig, Timing, running_emulator
+from lanewise.ops.prefect_server import prefect_api
 from lanewise.reporting import print_runs, usd
 from lanewise.settings import DATA_DIR, get_settings
 
@@ -42,7 +45,7 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
     """Run the nightly batch flows for both demo tasks and print what they cost."""
     input_url = input_url or str(DATA_DIR / "tickets.parquet")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    with running_emulator(EmulatorConfig(timing=DEMO_TIMING)) as emu:
+    with running_emulator(EmulatorConfig(timing=DEMO_TIMING)) as emu, ExitStack() as stack:
         _configure(emu.url)
         from flows.batch import nightly_batch
         from lanewise.batch.prefect_tasks import context_for
@@ -63,6 +66,7 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
 
             remove = add_listener(on_progress)
             try:
+                stack.enter_context(prefect_api(get_settings().home / "prefect-server.log"))
                 for task in DEMO_TASKS:
                     brief = nightly_batch(task=task, input_url=input_url,
                                           run_date=date.today(), filter_by_date=False,
