@@ -174,3 +174,50 @@ def test_twenty_runs_on_the_embedded_emulator_in_a_row_none_hangs(tmp_path, pref
         assert process.returncode == 0, output
         durations.append(time.monotonic() - started)
     print(f"20 runs: {sum(durations):.0f} s, longest {max(durations):.1f} s")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_a_killed_run_leaves_no_prefect_server_behind(tmp_path):
+    """Without PREFECT_API_URL, `lanewise run` starts a temporary Prefect server; a
+    SIGKILL of the run takes the server with it."""
+    import signal
+
+    input_path = _sample(tmp_path, 12)
+    env = _env(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite3'}", "http://127.0.0.1:9",
+               "")
+    env.pop("PREFECT_API_URL")
+    process = _run("ticket-summary", input_path, "summary:orphan", env)
+    deadline = time.monotonic() + 120
+    server = None
+    while server is None:
+        assert process.poll() is None, process.stdout.read().decode()
+        assert time.monotonic() < deadline, "no temporary Prefect server appeared"
+        server = next((c for c in _children(process.pid)
+                       if "prefect.server.api.server:create_app" in _cmdline(c)), None)
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{server}").exists() and "create_app" in _cmdline(server):
+        assert time.monotonic() < deadline, f"the Prefect server {server} outlived its run"
+        time.sleep(0.1)
