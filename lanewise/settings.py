@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     emulator_url: str | None = Field(
         default=None,
         description="Base URL of an emulator already running (e.g. http://127.0.0.1:8765); "
-        "when unset and no API key is configured, an in-process emulator is started.",
+        "when unset and no API key is configured, the shared background emulator of `home` "
+        "is used (started on first use; see docs/emulator.md).",
     )
     openai_credentials_block: str | None = Field(
         default=None,

@@ -156,13 +156,28 @@ def test_three_first_runs_at_once_on_a_fresh_ledger_all_succeed(kind, tmp_path, 
         _ledger_matches_bill(ledger_url, emulator_url, keys)
 
 
-def test_twenty_runs_on_the_embedded_emulator_in_a_row_none_hangs(tmp_path, prefect_api_url):
+def _stop_background_emulator(state_dir: Path) -> None:
+    import json
+    import signal
+
+    server = state_dir / "server.json"
+    if server.exists():
+        try:
+            os.kill(json.loads(server.read_text())["pid"], signal.SIGTERM)
+        except (ProcessLookupError, ValueError, KeyError):
+            pass
+
+
+def test_twenty_runs_on_the_embedded_emulator_in_a_row_none_hangs(tmp_path, prefect_api_url,
+                                                                  request):
     """No API key, no emulator URL: each run finds (or starts) the shared local emulator
     outside Prefect's logging, so none can deadlock; a timeout catches a hang."""
     input_path = _sample(tmp_path, 12)
     env = _env(tmp_path, f"sqlite:///{tmp_path / 'ledger.sqlite3'}", None, prefect_api_url)
     env["LANEWISE_EMULATOR_BATCH_SECONDS"] = "0.2"
+    env["LANEWISE_EMULATOR_IDLE_SECONDS"] = "60"
     durations = []
+    request.addfinalizer(lambda: _stop_background_emulator(tmp_path / "home" / "emulator"))
     for n in range(20):
         started = time.monotonic()
         process = _run("ticket-summary", input_path, f"summary:row-{n}", env)

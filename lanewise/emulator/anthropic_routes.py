@@ -39,7 +39,9 @@ def batch_object(state: EmulatorState, job: BatchJob) -> dict[str, Any]:
     counts = {"processing": job.total, "succeeded": 0, "errored": 0, "canceled": 0,
               "expired": 0}
     if status == "ended":
-        counts = job.results["request_counts"]
+        # A job the worker failed on (its input vanished, say) ends without results.
+        counts = job.results.get("request_counts") or {**counts, "processing": 0,
+                                                        "errored": job.total}
     return {
         "id": job.id, "type": "message_batch", "processing_status": status,
         "request_counts": counts,
@@ -181,6 +183,7 @@ def build_router(state: EmulatorState) -> APIRouter:
             if PROCESSING_STATUS[view.phase] == "in_progress":
                 job.cancel_cut = view.done
                 job.cancel_requested_at = time.time()
+                state.job_store.save_cancel(job)
         return batch_object(state, job)
 
     @router.delete("/v1/messages/batches/{batch_id}")
@@ -192,6 +195,7 @@ def build_router(state: EmulatorState) -> APIRouter:
             return anthropic_error(400, f"Message batch {batch_id} is still processing; "
                                    "cancel it and wait for it to end before deleting.")
         job.deleted = True
+        state.job_store.save_deleted(job)
         return {"id": batch_id, "type": "message_batch_deleted"}
 
     @router.get("/v1/messages/batches/{batch_id}/results")
@@ -201,6 +205,9 @@ def build_router(state: EmulatorState) -> APIRouter:
             return _missing(batch_id)
         if PROCESSING_STATUS[state.view(job).phase] != "ended":
             return anthropic_error(400, f"Message batch {batch_id} has not ended yet.")
-        return FileResponse(job.results["results_path"], media_type="application/x-jsonl")
+        if not job.finalized:
+            return anthropic_error(500, f"Message batch {batch_id} failed in the emulator: "
+                                   f"{(job.failure or {}).get('message')}", kind="api_error")
+        return FileResponse(job.results_path, media_type="application/x-jsonl")
 
     return router

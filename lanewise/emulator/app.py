@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +34,7 @@ def create_app(state: EmulatorState) -> FastAPI:
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
+        state.touch()
         if request.url.path.startswith("/v1/"):
             failure = auth_failure(request, state.config.api_key)
             if failure is not None:
@@ -44,7 +46,8 @@ def create_app(state: EmulatorState) -> FastAPI:
 
     @app.get(f"{CONTROL_PREFIX}/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", **state.snapshot()}
+        return {"status": "ok", "pid": os.getpid(), "state_dir": str(state.state_dir.resolve()),
+                **state.snapshot()}
 
     @app.get(f"{CONTROL_PREFIX}/faults")
     def get_faults() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from lanewise.emulator.engine import InvalidRequest
 from lanewise.emulator.jobs import BatchJob, JobView, iter_jsonl, unit_draw
+from lanewise.emulator.store import StoredFile
 from lanewise.pricing import Lane, Usage
 
 if TYPE_CHECKING:
@@ -60,13 +61,19 @@ def process_request(state: EmulatorState, job: BatchJob, line: dict[str, Any]) -
 
 
 def finalize(state: EmulatorState, job: BatchJob, view: JobView) -> None:
-    """Write the result files of a terminal job and bill what finished, exactly once."""
+    """Write the result files of a terminal job and bill what finished, exactly once.
+
+    The billing rows are staged while the files are written, then committed in one
+    transaction with the job's `finalized` mark and its output files' registry rows:
+    a process killed part way leaves no bill, and the next process finalizes again.
+    """
     with job.lock:
         if job.finalized:
             return
         cut = view.done
         writer = _OpenAIWriter(state, job) if job.provider == "openai" else _AnthropicWriter(
             state, job)
+        state.billing.discard_staged(job.id)
         bills: list[tuple[Any, ...]] = []
         finished: set[str] = set()
         staged_lines = iter_jsonl(job.staged_path) if job.staged_path.exists() else iter(())
@@ -82,18 +89,27 @@ def finalize(state: EmulatorState, job: BatchJob, view: JobView) -> None:
                     job.provider, Lane.BATCH, record["model"], usage, batch_id=job.id,
                     custom_id=record["custom_id"], request_id=record["body"]["id"]))
                 if len(bills) >= 5000:
-                    state.billing.add(bills)
+                    state.billing.stage(bills)
                     bills = []
-        state.billing.add(bills)
+        state.billing.stage(bills)
         if cut < job.total:
             for line in iter_jsonl(job.input_path):
                 if line["custom_id"] not in finished:
                     writer.write_never_ran(line["custom_id"], view.phase)
-        writer.close()
-        job.results = writer.summary()
+        new_files = writer.close()
+        results = writer.summary()
+        ended_at = view.ended_at or time.time()
+        with state.db.transaction() as conn:
+            state.billing.commit_staged(conn, job.id)
+            for stored in new_files:
+                state.files.insert_row(conn, stored)
+            state.job_store.save_final(conn, job.id, view.phase, ended_at, cut, results)
+        for stored in new_files:
+            state.files.remember(stored)
+        job.results = results
         job.cancel_cut = cut
         job.final_phase = view.phase
-        job.final_ended_at = view.ended_at or time.time()
+        job.final_ended_at = ended_at
         job.finalized = True
 
 
@@ -142,20 +158,21 @@ class _OpenAIWriter:
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage
 
-    def close(self) -> None:
+    def close(self) -> list[StoredFile]:
+        """Close the files; the non-empty ones are to be registered."""
         self.output.close()
         self.errors.close()
         files = self.state.files
-        if self.ok:
-            size = files.path_for(self.output_id).stat().st_size
-            files.register(self.output_id, f"{self.job.id}_output.jsonl", "batch_output", size)
-        else:
-            files.path_for(self.output_id).unlink(missing_ok=True)
-        if self.failed:
-            size = files.path_for(self.error_id).stat().st_size
-            files.register(self.error_id, f"{self.job.id}_error.jsonl", "batch_output", size)
-        else:
-            files.path_for(self.error_id).unlink(missing_ok=True)
+        kept = []
+        for file_id, keep, kind in ((self.output_id, self.ok, "output"),
+                                    (self.error_id, self.failed, "error")):
+            path = files.path_for(file_id)
+            if keep:
+                kept.append(files.describe(file_id, f"{self.job.id}_{kind}.jsonl",
+                                           "batch_output", path.stat().st_size))
+            else:
+                path.unlink(missing_ok=True)
+        return kept
 
     def summary(self) -> dict[str, Any]:
         u = self.usage
@@ -178,7 +195,7 @@ class _AnthropicWriter:
 
     def __init__(self, state: EmulatorState, job: BatchJob) -> None:
         self.job = job
-        self.path = job.input_path.with_suffix(".results.jsonl")
+        self.path = job.results_path
         self.handle = self.path.open("w")
         self.counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0,
                        "expired": 0}
@@ -204,8 +221,9 @@ class _AnthropicWriter:
     def add_usage(self, usage: Usage) -> None:
         """Anthropic batches report no usage roll-up; per-result usage is in messages."""
 
-    def close(self) -> None:
+    def close(self) -> list[StoredFile]:
         self.handle.close()
+        return []
 
     def summary(self) -> dict[str, Any]:
-        return {"results_path": str(self.path), "request_counts": dict(self.counts)}
+        return {"request_counts": dict(self.counts)}

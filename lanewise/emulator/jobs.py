@@ -5,6 +5,9 @@ from how far the worker has got, so retrieving a batch never blocks. The worker
 streams the job's input file and appends one staged line per request; when the job
 reaches a terminal state, `finalize` splits the staged lines into the provider's
 result files, marks the requests that never ran, and bills only what finished.
+
+Jobs are stored (see `store.JobStore`); a job the worker had not finished when its
+emulator process died is processed again from its first line by the next process.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class BatchJob:
     fate: str = "complete"  # complete | expire | fail
     processed: int = 0
     worker_done_at: float | None = None
+    worker_finished: bool = False  # the worker's pass ended (its staged file is final)
     cancel_requested_at: float | None = None
     cancel_cut: int | None = None
     finalized: bool = False
@@ -74,6 +78,19 @@ class BatchJob:
     def staged_path(self) -> Path:
         """Where the worker writes one staged line per processed request."""
         return self.input_path.with_suffix(".staged.jsonl")
+
+    @property
+    def results_path(self) -> Path:
+        """Where an Anthropic job's results JSONL is written when it ends."""
+        return self.input_path.with_suffix(".results.jsonl")
+
+    def restart(self) -> None:
+        """Forget the worker's progress (after a restart) so it runs the job again."""
+        self.processed = 0
+        self.outcomes = bytearray()
+        self.worker_done_at = None
+        self.worker_finished = False
+        self.staged_path.unlink(missing_ok=True)
 
     def process_limit(self, config: EmulatorConfig) -> int:
         """How many requests the worker handles (an expiring job stalls part way)."""
@@ -93,7 +110,10 @@ class BatchJob:
             return JobView("failed", 0, ended_at=start)
         if self.cancel_requested_at is not None:
             ends = self.cancel_requested_at + timing.cancel_seconds
-            phase = "cancelled" if now >= ends else "cancelling"
+            # After a restart the worker first redoes the requests finished before the
+            # cancel; the job stays cancelling until they are staged again.
+            caught_up = self.processed >= (self.cancel_cut or 0)
+            phase = "cancelled" if now >= ends and caught_up else "cancelling"
             return JobView(phase, self.cancel_cut or 0, start,
                            ended_at=ends if phase == "cancelled" else None)
         expires_at = self.created_at + timing.expiry_seconds
@@ -137,13 +157,21 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class BatchWorker:
-    """One background thread that processes jobs in creation order."""
+    """One background thread that processes jobs in creation order.
+
+    `on_stopped(job)` runs when the worker is through with a job (done, stopped by a
+    cancel or an expiring fate, or failed), to store where it left the job.
+    """
 
     def __init__(self, process: Callable[[BatchJob, dict[str, Any]], dict[str, Any]],
-                 config: EmulatorConfig) -> None:
+                 config: EmulatorConfig,
+                 on_stopped: Callable[[BatchJob], None] | None = None) -> None:
         self._process = process
         self._config = config
+        self._on_stopped = on_stopped
         self._queue: queue.Queue[BatchJob | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._busy = False
         self._thread = threading.Thread(target=self._run, name="emulator-batches", daemon=True)
         self._thread.start()
 
@@ -151,24 +179,48 @@ class BatchWorker:
         """Queue a valid job for processing."""
         self._queue.put(job)
 
+    @property
+    def idle(self) -> bool:
+        """No job is being processed or waiting."""
+        return not self._busy and self._queue.empty()
+
     def stop(self) -> None:
-        """Finish the current job and end the thread."""
+        """End the thread, leaving the current job unfinished (a new process redoes it)."""
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
+            self._busy = True
             try:
-                self._work(job)
+                if not job.finalized and self._work(job):
+                    self._stopped(job)
             except Exception as exc:  # noqa: BLE001 - a bad job must not kill the worker
                 job.failure = {"code": "server_error", "message": f"emulator error: {exc}"}
                 job.worker_done_at = time.time()
+                self._stopped(job)
+            finally:
+                self._busy = False
 
-    def _work(self, job: BatchJob) -> None:
+    def _stopped(self, job: BatchJob) -> None:
+        if self._on_stopped is not None:
+            try:
+                self._on_stopped(job)
+            except Exception:  # noqa: BLE001 - storing is best effort; the job goes on
+                pass
+
+    def _work(self, job: BatchJob) -> bool:
+        """Process the job; False when the worker was stopped part way."""
         limit = job.process_limit(self._config)
         with job.input_path.open("rb") as source, job.staged_path.open("w") as staged:
             for index, raw in enumerate(source):
-                if index >= limit or job.cancel_requested_at is not None:
+                if self._stopping.is_set():
+                    return False
+                if index >= limit or job.finalized:
+                    break
+                if job.cancel_requested_at is not None and len(job.outcomes) >= (
+                        job.cancel_cut or 0):
                     break
                 if not raw.strip():
                     continue
@@ -182,3 +234,5 @@ class BatchWorker:
             job.processed = len(job.outcomes)
         if job.processed >= job.total:
             job.worker_done_at = time.time()
+        job.worker_finished = True
+        return True

@@ -251,6 +251,7 @@ def build_router(state: EmulatorState) -> APIRouter:
                 return openai_error(409, f"Cannot cancel a batch with status {view.phase!r}.")
             job.cancel_cut = view.done
             job.cancel_requested_at = time.time()
+            state.job_store.save_cancel(job)
         return batch_object(state, job)
 
     @router.post("/v1/chat/completions")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import signal
 import socket
 import tempfile
 import threading
@@ -21,6 +24,7 @@ from lanewise.pricing import load_price_table
 from lanewise.settings import get_settings
 
 EMULATOR_API_KEY = "sk-lanewise-emulator"
+log = logging.getLogger("lanewise.emulator")
 
 
 @dataclass
@@ -55,8 +59,15 @@ class _ThreadServer(uvicorn.Server):
 
 @contextlib.contextmanager
 def running_emulator(config: EmulatorConfig | None = None, *, host: str = "127.0.0.1",
-                     port: int = 0, state_dir: Path | None = None) -> Iterator[RunningEmulator]:
-    """Serve an emulator in a background thread for the duration of the block."""
+                     port: int = 0, state_dir: Path | None = None, log_level: str = "warning",
+                     access_log: bool = False) -> Iterator[RunningEmulator]:
+    """Serve an emulator in a background thread for the duration of the block.
+
+    With `state_dir` it goes on from what an earlier emulator stored there; a folder
+    another emulator is serving raises `ConfigurationError`. Uvicorn's own logging
+    setup is skipped (`log_config=None`): its `dictConfig` would reconfigure, and can
+    deadlock with, the host process's logging (Prefect's API log handler).
+    """
     config = config or EmulatorConfig()
     with contextlib.ExitStack() as stack:
         if state_dir is None:
@@ -68,8 +79,9 @@ def running_emulator(config: EmulatorConfig | None = None, *, host: str = "127.0
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         bound_port = sock.getsockname()[1]
-        server = _ThreadServer(uvicorn.Config(create_app(state), log_level="warning",
-                                              access_log=False, lifespan="off"))
+        server = _ThreadServer(uvicorn.Config(create_app(state), log_config=None,
+                                              log_level=log_level, access_log=access_log,
+                                              lifespan="off"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                                   name="emulator-http", daemon=True)
         thread.start()
@@ -79,17 +91,43 @@ def running_emulator(config: EmulatorConfig | None = None, *, host: str = "127.0
                 raise ConfigurationError("the emulator did not start")
             time.sleep(0.01)
         try:
-            yield RunningEmulator(f"http://{host}:{bound_port}", state)
+            url = f"http://{host}:{bound_port}"
+            state.publish(url)
+            yield RunningEmulator(url, state)
         finally:
             server.should_exit = True
             thread.join(timeout=10)
             sock.close()
 
 
-def serve_forever(config: EmulatorConfig, host: str, port: int, state_dir: Path) -> None:
-    """Serve in the foreground until interrupted (the `lanewise emulator` command)."""
-    state = build_state(config, state_dir)
+def serve_forever(config: EmulatorConfig, host: str, port: int, state_dir: Path, *,
+                  idle_seconds: float | None = None, log_level: str = "info",
+                  access_log: bool = True) -> None:
+    """Serve `state_dir` in the foreground until SIGINT or SIGTERM, or until no request
+    came for `idle_seconds` (and no batch is being processed), then shut down cleanly.
+
+    Used by the `lanewise emulator` command and by the background emulator
+    (`python -m lanewise.emulator`). Call it from the main thread.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.run(create_app(state), host=host, port=port, log_level="info", lifespan="off")
+        with running_emulator(config, host=host, port=port, state_dir=state_dir,
+                              log_level=log_level, access_log=access_log) as emu:
+            log.info("emulator pid %d serving %s at %s", os.getpid(), state_dir, emu.url)
+            tick = 0.5 if not idle_seconds else min(0.5, idle_seconds / 4)
+            while not stop.wait(tick):
+                if idle_seconds and emu.state.idle_seconds() >= idle_seconds:
+                    log.info("no request for %g s; shutting down", idle_seconds)
+                    break
     finally:
-        state.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

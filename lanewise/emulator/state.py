@@ -1,4 +1,9 @@
-"""The emulator's shared state: config, engine, files, billing, jobs and live faults."""
+"""The emulator's shared state: config, engine, files, billing, jobs and live faults.
+
+An `EmulatorState` owns its state folder while it is open: it holds the folder's lock
+(a second state on the same folder fails), reloads the files and batch jobs an earlier
+process stored there, and goes on with the jobs that process left unfinished.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from typing import Any
 
 from lanewise.emulator.config import EmulatorConfig, Faults
 from lanewise.emulator.engine import ModelEngine
+from lanewise.emulator.folder import FolderLock, remove_server_info, write_server_info
 from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob, BatchWorker, JobView, unit_draw
-from lanewise.emulator.store import BillingRecord, FileStore
+from lanewise.emulator.store import BillingRecord, FileStore, JobStore, StateDB, id_instance
 from lanewise.pricing import PriceTable
 
 
@@ -33,17 +39,22 @@ class EmulatorState:
     def __init__(self, config: EmulatorConfig, state_dir: Path, prices: PriceTable) -> None:
         self.config = config
         self.state_dir = state_dir
+        self.folder_lock = FolderLock(state_dir)  # raises if another emulator serves it
+        self.url: str | None = None
+        try:
+            self.db = StateDB(state_dir)
+            try:
+                self._reload(prices)
+            except BaseException:
+                self.db.close()
+                raise
+        except BaseException:
+            self.folder_lock.release()
+            raise
         self.engine = ModelEngine(prices)
-        self.files = FileStore(state_dir)
-        self.billing = BillingRecord(state_dir, prices)
-        self.jobs: dict[str, BatchJob] = {}
-        self.jobs_dir = state_dir / "batches"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
-        # Ids carry the start time so a ledger kept across emulator restarts never sees
-        # the same batch id twice (real providers' ids are unique too).
-        self._instance = f"{time.time_ns() // 1_000_000:011x}"
+        self.last_request = time.monotonic()
         self._live_rng = random.Random(config.faults.seed)
         self.scripted: list[ScriptedFault] = []
         self.stats: dict[str, int] = {
@@ -52,7 +63,43 @@ class EmulatorState:
         }
         # Imported here to avoid a cycle: the processors need the state's engine.
         from lanewise.emulator.batch_process import process_request
-        self.worker = BatchWorker(lambda job, line: process_request(self, job, line), config)
+        self.worker = BatchWorker(lambda job, line: process_request(self, job, line), config,
+                                  on_stopped=self.job_store.save_worker)
+        self._resume_unfinished()
+
+    def _reload(self, prices: PriceTable) -> None:
+        """Open the stores over the folder, with what an earlier process left there."""
+        self.files = FileStore(self.state_dir, self.db)
+        self.billing = BillingRecord(self.db, prices)
+        self.job_store = JobStore(self.db, self.state_dir)
+        self.jobs: dict[str, BatchJob] = {job.id: job for job in self.job_store.load()}
+        self.jobs_dir = self.state_dir / "batches"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        # Ids carry the start time so a ledger kept across emulator restarts never sees
+        # the same batch id twice (real providers' ids are unique too); never below an
+        # id already stored, so they stay unique and ordered if the clock steps back.
+        stored = [id_instance(i) for i in itertools.chain(
+            self.jobs, (f.id for f in self.files.all()))]
+        instance = max([time.time_ns() // 1_000_000, *(i + 1 for i in stored)])
+        self._instance = f"{instance:011x}"
+        self.files.start_ids_at(self._instance)
+        self.files.remove_strays()
+
+    def _resume_unfinished(self) -> None:
+        """Run again, from their first line, the reloaded jobs no worker finished.
+
+        Their lifecycle goes on from `created_at`: one already past its completion
+        window is not run (it expires with nothing done), except a cancelled one,
+        which first redoes the requests it had finished before the cancel.
+        """
+        now = time.time()
+        for job in self.jobs.values():
+            if job.finalized or job.failure is not None or job.worker_finished:
+                continue
+            job.restart()
+            expired = now >= job.created_at + self.config.timing.expiry_seconds
+            if job.cancel_requested_at is not None or not expired:
+                self.worker.submit(job)
 
     def next_id(self, prefix: str) -> str:
         """A fresh id, unique across emulator restarts; ids sort in creation order."""
@@ -132,16 +179,38 @@ class EmulatorState:
         return view
 
     def register(self, job: BatchJob) -> None:
-        """Track a new job and hand it to the worker unless it already failed."""
+        """Store and track a new job and hand it to the worker unless it already failed."""
+        self.job_store.insert(job)
         with self.lock:
             self.jobs[job.id] = job
             self.stats[f"{job.provider}_batches_created"] += 1
         if job.failure is None:
             self.worker.submit(job)
 
+    def touch(self) -> None:
+        """Note that a request came in (the background emulator exits when idle)."""
+        self.last_request = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last request, or 0 while the worker still has jobs."""
+        if not self.worker.idle:
+            return 0.0
+        return time.monotonic() - self.last_request
+
+    def publish(self, url: str) -> None:
+        """Announce that this state is served at `url` (`server.json` in the folder)."""
+        self.url = url
+        write_server_info(self.state_dir, url)
+
     def close(self) -> None:
-        """Stop the worker."""
-        self.worker.stop()
+        """Stop the worker, close the database and give the folder up."""
+        try:
+            self.worker.stop()
+            if self.url is not None:
+                remove_server_info(self.state_dir, self.url)
+            self.db.close()
+        finally:
+            self.folder_lock.release()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for tests and operators."""

@@ -1,8 +1,11 @@
-"""The emulator's disk state: uploaded and generated files, and the billing record."""
+"""The emulator's disk state: its SQLite database, files, billing record and batch jobs."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import re
 import sqlite3
 import threading
 import time
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from lanewise.emulator.jobs import BatchJob
 from lanewise.pricing import Lane, PriceTable, Usage, from_picodollars, to_picodollars
 
 COPY_CHUNK = 1024 * 1024
@@ -36,16 +40,99 @@ class StoredFile:
         }
 
 
-class FileStore:
-    """Files streamed to and from a folder, never held whole in memory."""
+class StateDB:
+    """The state folder's SQLite database, `billing.sqlite3`: the billing rows, the file
+    registry and the batch jobs.
+
+    One file, so that finalizing a batch commits its billing rows and its `finalized`
+    mark in one transaction: a process killed at any point has either both or neither.
+    """
 
     def __init__(self, root: Path) -> None:
+        self.lock = threading.Lock()
+        self.conn = sqlite3.connect(root / "billing.sqlite3", check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        for statement in SCHEMA:
+            self.conn.execute(statement)
+        self.conn.commit()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for statements that commit together (or roll back on error)."""
+        with self.lock:
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self.lock:
+            self.conn.close()
+
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS billing (id INTEGER PRIMARY KEY, "
+    "provider TEXT, lane TEXT, batch_id TEXT, custom_id TEXT, request_id TEXT, "
+    "model TEXT, input_tokens INTEGER, cached_input_tokens INTEGER, "
+    "cache_write_tokens INTEGER, output_tokens INTEGER, cost_picodollars INTEGER)",
+    "CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, filename TEXT NOT NULL, "
+    "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL)",
+    # One row per batch: what create fixed, then cancel, the worker's end, finalize
+    # and delete each update only their own columns.
+    "CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, provider TEXT NOT NULL, "
+    "input_path TEXT NOT NULL, total INTEGER NOT NULL, created_at REAL NOT NULL, "
+    "model TEXT, endpoint TEXT NOT NULL, input_file_id TEXT NOT NULL, metadata TEXT, "
+    "enqueued_tokens INTEGER NOT NULL, fate TEXT NOT NULL, failure TEXT, "
+    "cancel_requested_at REAL, cancel_cut INTEGER, "
+    "worker_finished INTEGER NOT NULL DEFAULT 0, processed INTEGER NOT NULL DEFAULT 0, "
+    "worker_done_at REAL, outcomes BLOB, "
+    "finalized INTEGER NOT NULL DEFAULT 0, final_phase TEXT, final_ended_at REAL, "
+    "results TEXT, deleted INTEGER NOT NULL DEFAULT 0)",
+)
+
+FILE_ID = re.compile(r"^file-emu[0-9a-f]{11}[0-9]{8}$")
+
+
+def id_instance(item_id: str) -> int:
+    """The start-time part of an emulator id (prefix, 11 hex digits, 8-digit sequence)."""
+    try:
+        return int(item_id[-19:-8], 16)
+    except ValueError:
+        return 0
+
+
+class FileStore:
+    """Files streamed to and from a folder, never held whole in memory; the registry
+    (ids, names, purposes, sizes) is kept in the state database too."""
+
+    def __init__(self, root: Path, db: StateDB) -> None:
         self.root = root / "files"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._db = db
         self._files: dict[str, StoredFile] = {}
+        with db.lock:
+            rows = db.conn.execute(
+                "SELECT id, filename, purpose, bytes, created_at FROM files").fetchall()
+        for file_id, filename, purpose, size, created_at in rows:
+            self._files[file_id] = StoredFile(file_id, filename, purpose, size, created_at,
+                                              self.path_for(file_id))
         self._ids = itertools.count(1)
         self._instance = f"{time.time_ns() // 1_000_000:011x}"
         self._lock = threading.Lock()
+
+    def start_ids_at(self, instance: str) -> None:
+        """Make new ids carry `instance` (the state picks one above every stored id)."""
+        self._instance = instance
+
+    def remove_strays(self) -> None:
+        """Delete file bytes no registry entry names (an upload or a finalize cut short)."""
+        for path in self.root.iterdir():
+            if FILE_ID.match(path.name) and path.name not in self._files:
+                path.unlink(missing_ok=True)
 
     def new_id(self) -> str:
         """A fresh file id; ids sort in creation order."""
@@ -67,12 +154,29 @@ class FileStore:
                 size += len(chunk)
         return self.register(file_id, filename, purpose, size)
 
+    def describe(self, file_id: str, filename: str, purpose: str, size: int) -> StoredFile:
+        """Metadata of a file written at `path_for(file_id)`, not yet registered."""
+        return StoredFile(file_id, filename, purpose, size, int(time.time()),
+                          self.path_for(file_id))
+
+    @staticmethod
+    def insert_row(conn: sqlite3.Connection, stored: StoredFile) -> None:
+        """Add `stored` to the registry table (inside the caller's transaction)."""
+        conn.execute("INSERT INTO files (id, filename, purpose, bytes, created_at) "
+                     "VALUES (?, ?, ?, ?, ?)", (stored.id, stored.filename, stored.purpose,
+                                                stored.bytes, stored.created_at))
+
+    def remember(self, stored: StoredFile) -> None:
+        """Serve `stored` (its row is committed)."""
+        with self._lock:
+            self._files[stored.id] = stored
+
     def register(self, file_id: str, filename: str, purpose: str, size: int) -> StoredFile:
         """Record a file already written at `path_for(file_id)`."""
-        stored = StoredFile(file_id, filename, purpose, size, int(time.time()),
-                            self.path_for(file_id))
-        with self._lock:
-            self._files[file_id] = stored
+        stored = self.describe(file_id, filename, purpose, size)
+        with self._db.transaction() as conn:
+            self.insert_row(conn, stored)
+        self.remember(stored)
         return stored
 
     def get(self, file_id: str) -> StoredFile | None:
@@ -85,6 +189,8 @@ class FileStore:
             stored = self._files.pop(file_id, None)
         if stored is None:
             return False
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
         stored.path.unlink(missing_ok=True)
         return True
 
@@ -99,23 +205,22 @@ BILLING_COLUMNS = (
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
     "cost_picodollars",
 )
+COLUMN_LIST = ",".join(BILLING_COLUMNS)
+PLACEHOLDERS = ",".join("?" * len(BILLING_COLUMNS))
 
 
 class BillingRecord:
     """What the provider would bill, one row per billed request, in SQLite on disk."""
 
-    def __init__(self, root: Path, prices: PriceTable) -> None:
+    def __init__(self, db: StateDB, prices: PriceTable) -> None:
         self.prices = prices
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(root / "billing.sqlite3", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS billing (id INTEGER PRIMARY KEY, "
-            "provider TEXT, lane TEXT, batch_id TEXT, custom_id TEXT, request_id TEXT, "
-            "model TEXT, input_tokens INTEGER, cached_input_tokens INTEGER, "
-            "cache_write_tokens INTEGER, output_tokens INTEGER, cost_picodollars INTEGER)"
-        )
+        self._db = db
+        self._lock = db.lock
+        # A finalizing batch's rows wait here (a per-connection table, gone with the
+        # process) until `commit_staged` moves them in the transaction that marks the
+        # batch finalized.
+        db.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS staged_billing "
+                        f"({', '.join(BILLING_COLUMNS)})")
 
     def row(self, provider: str, lane: Lane, model: str, usage: Usage, *,
             batch_id: str | None = None, custom_id: str | None = None,
@@ -130,12 +235,29 @@ class BillingRecord:
         """Append billing rows."""
         if not rows:
             return
-        placeholders = ",".join("?" * len(BILLING_COLUMNS))
-        with self._lock:
-            self._db.executemany(
-                f"INSERT INTO billing ({','.join(BILLING_COLUMNS)}) VALUES ({placeholders})",
-                rows)
-            self._db.commit()
+        with self._db.transaction() as conn:
+            conn.executemany(f"INSERT INTO billing ({COLUMN_LIST}) VALUES ({PLACEHOLDERS})",
+                             rows)
+
+    def stage(self, rows: list[tuple[Any, ...]]) -> None:
+        """Hold a finalizing batch's rows aside; they count once `commit_staged` ran."""
+        if not rows:
+            return
+        with self._db.transaction() as conn:
+            conn.executemany(f"INSERT INTO staged_billing ({COLUMN_LIST}) "
+                             f"VALUES ({PLACEHOLDERS})", rows)
+
+    def discard_staged(self, batch_id: str) -> None:
+        """Drop rows an interrupted finalize of `batch_id` left staged."""
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM staged_billing WHERE batch_id = ?", (batch_id,))
+
+    @staticmethod
+    def commit_staged(conn: sqlite3.Connection, batch_id: str) -> None:
+        """Move `batch_id`'s staged rows into the record (inside the caller's transaction)."""
+        conn.execute(f"INSERT INTO billing ({COLUMN_LIST}) SELECT {COLUMN_LIST} "
+                     "FROM staged_billing WHERE batch_id = ? ORDER BY rowid", (batch_id,))
+        conn.execute("DELETE FROM staged_billing WHERE batch_id = ?", (batch_id,))
 
     def _where(self, filters: dict[str, str | None]) -> tuple[str, list[str]]:
         clauses, params = [], []
@@ -152,8 +274,8 @@ class BillingRecord:
         sums = ("COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), "
                 "SUM(cache_write_tokens), SUM(output_tokens), SUM(cost_picodollars)")
         with self._lock:
-            total = self._db.execute(f"SELECT {sums} FROM billing{where}", params).fetchone()
-            groups = self._db.execute(
+            total = self._db.conn.execute(f"SELECT {sums} FROM billing{where}", params).fetchone()
+            groups = self._db.conn.execute(
                 f"SELECT provider, lane, model, {sums} FROM billing{where} "
                 "GROUP BY provider, lane, model ORDER BY provider, lane, model", params
             ).fetchall()
@@ -175,8 +297,8 @@ class BillingRecord:
         """Every billing row matching the filters, streamed."""
         where, params = self._where(filters)
         with self._lock:
-            cursor = self._db.execute(
-                f"SELECT {','.join(BILLING_COLUMNS)} FROM billing{where} ORDER BY id", params)
+            cursor = self._db.conn.execute(
+                f"SELECT {COLUMN_LIST} FROM billing{where} ORDER BY id", params)
             rows = cursor.fetchmany(5000)
         while rows:
             for row in rows:
@@ -186,6 +308,97 @@ class BillingRecord:
 
     def clear(self) -> None:
         """Forget every billing row."""
-        with self._lock:
-            self._db.execute("DELETE FROM billing")
-            self._db.commit()
+        with self._db.transaction() as conn:
+            conn.execute("DELETE FROM billing")
+
+
+class JobStore:
+    """Batch jobs in the state database: written at create, cancel, the worker's end,
+    finalize and delete, and read back when a new emulator opens the folder."""
+
+    def __init__(self, db: StateDB, state_dir: Path) -> None:
+        self._db = db
+        self._state_dir = state_dir
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self._state_dir))
+        except ValueError:
+            return str(path)
+
+    def insert(self, job: BatchJob) -> None:
+        """Record a new job as create fixed it."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO batches (id, provider, input_path, total, created_at, model, "
+                "endpoint, input_file_id, metadata, enqueued_tokens, fate, failure) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.provider, self._relative(job.input_path), job.total,
+                 job.created_at, job.model, job.endpoint, job.input_file_id,
+                 _dump(job.metadata), job.enqueued_tokens, job.fate, _dump(job.failure)))
+
+    def save_cancel(self, job: BatchJob) -> None:
+        """Record a cancel request."""
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE batches SET cancel_requested_at = ?, cancel_cut = ? "
+                         "WHERE id = ?", (job.cancel_requested_at, job.cancel_cut, job.id))
+
+    def save_worker(self, job: BatchJob) -> None:
+        """Record where the worker left the job (its staged file is complete up to here)."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "UPDATE batches SET failure = ?, worker_finished = ?, processed = ?, "
+                "worker_done_at = ?, outcomes = ? WHERE id = ?",
+                (_dump(job.failure), int(job.worker_finished), job.processed,
+                 job.worker_done_at, bytes(job.outcomes), job.id))
+
+    @staticmethod
+    def save_final(conn: sqlite3.Connection, job_id: str, phase: str, ended_at: float,
+                   cut: int, results: dict[str, Any]) -> None:
+        """Mark a job finalized (inside the transaction that commits its bill)."""
+        conn.execute("UPDATE batches SET finalized = 1, final_phase = ?, final_ended_at = ?, "
+                     "cancel_cut = ?, results = ? WHERE id = ?",
+                     (phase, ended_at, cut, json.dumps(results), job_id))
+
+    def save_deleted(self, job: BatchJob) -> None:
+        """Record that a job was deleted."""
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE batches SET deleted = 1 WHERE id = ?", (job.id,))
+
+    def load(self) -> list[BatchJob]:
+        """Every stored job, oldest first, as the last process left it."""
+        with self._db.lock:
+            rows = self._db.conn.execute(
+                f"SELECT {', '.join(JOB_COLUMNS)} FROM batches ORDER BY id").fetchall()
+        jobs = []
+        for row in rows:
+            r = dict(zip(JOB_COLUMNS, row, strict=True))
+            jobs.append(BatchJob(
+                id=r["id"], provider=r["provider"], input_path=self._state_dir / r["input_path"],
+                total=r["total"], created_at=r["created_at"], model=r["model"],
+                endpoint=r["endpoint"], input_file_id=r["input_file_id"],
+                metadata=_load(r["metadata"]), enqueued_tokens=r["enqueued_tokens"],
+                failure=_load(r["failure"]), fate=r["fate"],
+                processed=r["processed"], worker_done_at=r["worker_done_at"],
+                worker_finished=bool(r["worker_finished"]),
+                cancel_requested_at=r["cancel_requested_at"], cancel_cut=r["cancel_cut"],
+                finalized=bool(r["finalized"]), deleted=bool(r["deleted"]),
+                final_phase=r["final_phase"], final_ended_at=r["final_ended_at"],
+                outcomes=bytearray(r["outcomes"] or b""), results=_load(r["results"]) or {}))
+        return jobs
+
+
+JOB_COLUMNS = (
+    "id", "provider", "input_path", "total", "created_at", "model", "endpoint",
+    "input_file_id", "metadata", "enqueued_tokens", "fate", "failure", "cancel_requested_at",
+    "cancel_cut", "worker_finished", "processed", "worker_done_at", "outcomes", "finalized",
+    "final_phase", "final_ended_at", "results", "deleted",
+)
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

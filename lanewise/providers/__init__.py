@@ -3,14 +3,13 @@
 Credentials, in order: a saved Prefect block named by
 `LANEWISE_<PROVIDER>_CREDENTIALS_BLOCK`; the environment (`LANEWISE_<PROVIDER>_API_KEY`
 or the SDK's own `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`); otherwise the emulator
-(`LANEWISE_EMULATOR_URL`, or one started in this process).
+(`LANEWISE_EMULATOR_URL`, or the shared background emulator of `LANEWISE_HOME`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import anthropic
@@ -28,7 +27,6 @@ ADAPTERS: dict[str, type[ProviderAdapter]] = {"openai": OpenAIAdapter,
 SDK_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 _embedded_lock = threading.Lock()
-_embedded: dict[str, object] = {}
 
 
 @dataclass(frozen=True)
@@ -41,16 +39,17 @@ class Credentials:
 
 
 def embedded_emulator_url(settings: Settings) -> str:
-    """URL of the process-wide emulator, started on first use (state under LANEWISE_HOME)."""
-    with _embedded_lock:
-        if "url" not in _embedded:
-            from lanewise.emulator import EmulatorConfig, running_emulator
+    """URL of the shared background emulator serving `<home>/emulator`.
 
-            stack = ExitStack()
-            emu = stack.enter_context(running_emulator(
-                EmulatorConfig(), state_dir=settings.home / "emulator"))
-            _embedded.update(url=emu.url, stack=stack, emulator=emu)
-        return str(_embedded["url"])
+    One emulator process per state folder, shared by every lanewise process using it
+    and outliving them (so a killed run resumes against the batches it created); it is
+    started on first use and exits after `LANEWISE_EMULATOR_IDLE_SECONDS` without a
+    request. See `lanewise.emulator.background`.
+    """
+    from lanewise.emulator.background import shared_emulator_url
+
+    with _embedded_lock:  # threads of one process start it once (processes: a file lock)
+        return shared_emulator_url(settings.home / "emulator", prices_path=settings.prices_path)
 
 
 def resolve_credentials(provider: str, settings: Settings | None = None) -> Credentials:
