@@ -34,13 +34,18 @@ class Usage:
     """Billed tokens of one request, split the way prices are.
 
     `input_tokens` excludes cache reads and cache writes (Anthropic's convention;
-    OpenAI's `prompt_tokens` is converted with `from_openai`).
+    OpenAI's `prompt_tokens` is converted with `from_openai`). `cache_write_tokens`
+    are 5-minute cache writes, `cache_write_1h_tokens` 1-hour ones (priced apart).
+    `output_tokens` includes `reasoning_tokens` (billed as output; kept apart only to
+    be shown).
     """
 
     input_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     output_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @classmethod
     def from_openai(cls, usage: dict[str, Any]) -> Usage:
@@ -63,12 +68,12 @@ class Usage:
         )
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.cache_write_tokens + other.cache_write_tokens,
-            self.output_tokens + other.output_tokens,
-        )
+        return Usage(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple(), strict=True)))
+
+    def as_tuple(self) -> tuple[int, ...]:
+        """Every field in declaration order."""
+        return (self.input_tokens, self.cached_input_tokens, self.cache_write_tokens,
+                self.output_tokens, self.cache_write_1h_tokens, self.reasoning_tokens)
 
 
 @dataclass(frozen=True)
