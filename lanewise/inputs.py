@@ -202,7 +202,9 @@ def _csv_rows(handle, url: str, required: Sequence[str]) -> Iterator[InputRow]:
     text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape",
                             newline="")
     try:
-        records = csv.reader(text)
+        # strict: an unclosed quote is an error for that record, not a cell that
+        # silently swallows the rest of the file.
+        records = csv.reader(text, strict=True)
         try:
             header = next(r for r in records if r)
         except StopIteration:
@@ -220,13 +222,18 @@ def _csv_rows(handle, url: str, required: Sequence[str]) -> Iterator[InputRow]:
         expected = f"expected {width} fields ({_name_list(names)}), got"
         number = 0
         while True:
+            first_line = records.line_num + 1
             try:
                 record = next(records)
             except StopIteration:
                 break
             except csv.Error as exc:
                 number += 1
-                yield InputRow(number, {}, (ROW_FIELD, f"unreadable CSV record: {exc}"))
+                lines = records.line_num - first_line + 1
+                where = f"line {first_line}" if lines <= 1 else \
+                    f"lines {first_line}-{records.line_num}"
+                yield InputRow(number, {}, (ROW_FIELD,
+                                            f"unreadable CSV record ({where}): {exc}"))
                 continue
             if not record:
                 continue

@@ -82,7 +82,8 @@ def _env(tmp_path: Path, ledger_url: str, emulator_url: str | None,
     env = {**os.environ, "LANEWISE_HOME": str(tmp_path / "home"),
            "LANEWISE_DATABASE_URL": ledger_url, "LANEWISE_POLL_INITIAL_SECONDS": "0.2",
            "LANEWISE_POLL_MAX_SECONDS": "0.5", "LANEWISE_SHARD_MAX_REQUESTS": "100",
-           "PREFECT_API_URL": prefect_api_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+           "PREFECT_API_URL": prefect_api_url, "PREFECT_LOGGING_LEVEL": "WARNING",
+           "COLUMNS": "400"}  # messages unwrapped, as the assertions read them
     if emulator_url:
         env["LANEWISE_EMULATOR_URL"] = emulator_url
     else:
@@ -121,23 +122,31 @@ def _ledger_matches_bill(ledger_url: str, emulator_url: str, run_keys: list[str]
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_two_runs_of_one_key_at_once_pay_once(kind, tmp_path, ledger_for, prefect_api_url):
+    """While one process drives a run key, a second is refused naming it, and a third
+    with --wait waits for it and then creates nothing."""
+    from tests.chaos_harness import LedgerProbe
+
     ledger_url = ledger_for(kind)
     input_path = _sample(tmp_path, 400)
-    with emulator_process(tmp_path / "emulator", "--batch-seconds", "2") as emulator_url:
+    with emulator_process(tmp_path / "emulator", "--batch-seconds", "4") as emulator_url:
         env = _env(tmp_path, ledger_url, emulator_url, prefect_api_url)
-        first = _run("ticket-tagging", input_path, "tagging:twice", env)
+        driver = _run("ticket-tagging", input_path, "tagging:twice", env)
+        probe = LedgerProbe(ledger_url, "tagging:twice")
+        deadline = time.monotonic() + 120
+        while probe.lease_holder() is None:  # the first process drives the run
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
         second = _run("ticket-tagging", input_path, "tagging:twice", env)
-        outputs = [p.communicate(timeout=240)[0].decode() for p in (first, second)]
-        codes = [first.returncode, second.returncode]
-        assert 0 in codes, outputs
-        for code, output in zip(codes, outputs, strict=True):
-            if code != 0:  # refused, naming the driver, having created nothing
-                assert "is being driven by process" in output and "created nothing" in output
-        waiting = _run("ticket-tagging", input_path, "tagging:twice", env, "--wait", "120")
-        third = _run("ticket-tagging", input_path, "tagging:twice", env, "--wait", "120")
-        for process in (waiting, third):
+        waiter = _run("ticket-tagging", input_path, "tagging:twice", env, "--wait", "180")
+        refused = second.communicate(timeout=240)[0].decode()
+        assert driver.poll() is None, "the driver ended before the second process asked"
+        assert second.returncode == 1, refused
+        assert f"run tagging:twice is being driven by process {driver.pid}" in refused
+        assert "created nothing" in refused
+        for process in (driver, waiter):
             output = process.communicate(timeout=240)[0].decode()
             assert process.returncode == 0, output
+        probe.close()
         _ledger_matches_bill(ledger_url, emulator_url, ["tagging:twice"])
 
 

@@ -83,9 +83,20 @@ def test_an_unreadable_csv_record_rejects_that_row_only(tmp_path, monkeypatch):
     finally:
         csv.field_size_limit(previous)
     assert [r.number for r in rows] == [1, 2, 3]
-    assert rows[1].problem == ("(row)", "unreadable CSV record: field larger than field "
-                                        "limit (100)")
+    assert rows[1].problem == ("(row)", "unreadable CSV record (line 3): field larger than "
+                                        "field limit (100)")
     assert rows[2].values == {"ticket_id": "A3", "body": "ok"}
+
+
+def test_an_unclosed_quote_is_one_rejected_record_naming_the_lines_it_took(tmp_path):
+    """Not a cell that silently swallows the rest of the file."""
+    path = tmp_path / "quote.csv"
+    path.write_text('ticket_id,body\nA1,ok\nA2,"never closed\nA3,x\nA4,y\n')
+    rows = list(read_rows(str(path), NEEDED))
+    assert [r.number for r in rows] == [1, 2]
+    assert rows[0].values == {"ticket_id": "A1", "body": "ok"}
+    assert rows[1].problem == ("(row)", "unreadable CSV record (lines 3-5): unexpected end "
+                                        "of data")
 
 
 def test_lone_surrogates_in_jsonl_reject_the_row_nested_too(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +48,7 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
     if run["task"] != task.name:
         raise ConfigurationError(f"run key {run_key!r} belongs to task {run['task']!r}, "
                                  f"not {task.name!r}")
-    if run["input_url"] != input_url:
+    if not _same_input(run["input_url"], input_url):
         sent = ctx.ledger.sent_shards(run["id"])
         if sent:
             raise ConfigurationError(
@@ -67,6 +68,15 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
             raise
         ctx.ledger.set_run(run["id"], status="running")
     return run["id"]
+
+
+def _same_input(recorded: str, given: str) -> bool:
+    """Whether two input URLs name one input (a local path relative or absolute)."""
+    if recorded == given:
+        return True
+    if "://" in recorded or "://" in given:
+        return False
+    return os.path.abspath(recorded) == os.path.abspath(given)
 
 
 def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str,

@@ -11,6 +11,7 @@ its lease without noticing cannot create a batch.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -21,6 +22,8 @@ from typing import Any
 
 from lanewise.errors import RunBusyError
 from lanewise.ledger import Ledger
+
+logger = logging.getLogger(__name__)
 
 
 def _process_start(pid: int) -> str:
@@ -34,6 +37,16 @@ def _process_start(pid: int) -> str:
         return ""
 
 
+def _namespace() -> str:
+    """This boot and PID namespace: pids can only be compared within one. Two
+    containers sharing a hostname see different processes under the same pid."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()[:8]  # noqa: SIM115
+        return f"{boot}-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
 def _process_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -43,10 +56,15 @@ def _process_state(pid: int) -> str:
 
 
 def holder_is_dead(lease: dict[str, Any]) -> bool:
-    """Whether a lease's holder is known to be gone: it ran on this host and its
-    process no longer exists (or is a zombie, or the pid now belongs to another
-    process). A holder on another host is never judged dead: its lease must lapse."""
-    if lease["host"] != socket.gethostname():
+    """Whether a lease's holder is known to be gone: it ran on this host, in this boot
+    and PID namespace, and its process no longer exists (or is a zombie, or the pid now
+    belongs to another process). Any other holder is never judged dead: its lease must
+    lapse."""
+    parts = str(lease["holder"]).split(":")
+    if len(parts) < 5 or lease["host"] != socket.gethostname():
+        return False
+    namespace, started = parts[3], parts[2]
+    if not namespace or namespace != _namespace():
         return False
     pid = int(lease["pid"])
     try:
@@ -57,8 +75,6 @@ def holder_is_dead(lease: dict[str, Any]) -> bool:
         return False
     if _process_state(pid) == "Z":
         return True
-    parts = str(lease["holder"]).split(":")
-    started = parts[2] if len(parts) >= 4 else ""
     return bool(started) and started != _process_start(pid)
 
 
@@ -82,8 +98,10 @@ class RunLease:
         pid = os.getpid()
         self.host = socket.gethostname()
         self.pid = pid
-        self.holder = f"{self.host}:{pid}:{_process_start(pid)}:{secrets.token_hex(4)}"
+        self.holder = (f"{self.host}:{pid}:{_process_start(pid)}:{_namespace()}:"
+                       f"{secrets.token_hex(4)}")
         self.lost = threading.Event()
+        self.renewed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,6 +120,8 @@ class RunLease:
                     "rerun to see its result; if that process is gone, rerun once its "
                     "lease lapses.")
             time.sleep(self.poll_seconds)
+        self.renewed_at = time.monotonic()
+        self.lost.clear()
         self._stop.clear()
         self._thread = threading.Thread(target=self._heartbeat, daemon=True,
                                         name=f"lease-{self.run_key}")
@@ -114,8 +134,21 @@ class RunLease:
                 if not self.ledger.renew_lease(self.run_key, self.holder, self.ttl):
                     self.lost.set()
                     return
-            except Exception:  # noqa: BLE001 - a missed renewal is retried next beat
-                continue
+                self.renewed_at = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - a missed renewal is retried next beat
+                logger.warning("could not renew the lease of run %s: %s", self.run_key, exc)
+
+    def ensure(self) -> None:
+        """Raise RunBusyError unless this process still surely holds the lease: it was
+        not taken over, and it was renewed less than a lease length ago (so it cannot
+        have lapsed unnoticed). Called before every step."""
+        if self.lost.is_set():
+            raise RunBusyError(f"this process lost the lease of run {self.run_key} (another "
+                               "process took it over); it stops here")
+        if time.monotonic() - self.renewed_at > self.ttl * 0.9:
+            raise RunBusyError(f"the lease of run {self.run_key} was not renewed for "
+                               f"{self.ttl * 0.9:.0f} s (is the ledger reachable?); this "
+                               "process stops here rather than risk driving it twice")
 
     def release(self) -> None:
         """Stop renewing and give the lease back."""
@@ -129,4 +162,10 @@ class RunLease:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception as release_error:  # noqa: BLE001 - keep the original error
+            if exc[0] is None:
+                raise
+            logger.warning("could not release the lease of run %s: %s", self.run_key,
+                           release_error)

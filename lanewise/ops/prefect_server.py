@@ -10,9 +10,7 @@ dies (PR_SET_PDEATHSIG), and stops it when the command ends.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,18 +22,18 @@ import httpx
 
 from lanewise.errors import ConfigurationError
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """In the child, before exec: ask the kernel for SIGKILL when the parent dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        return  # not Linux: the server is stopped on a normal exit only
-    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
-        os._exit(1)
+# Run before exec in a fresh interpreter (not in a forked copy of a process that may
+# have threads): ask the kernel for SIGKILL when the parent dies, then become uvicorn.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "try:\n"
+    "    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "except OSError:\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])\n"
+)
 
 
 def _free_port() -> int:
@@ -62,11 +60,11 @@ def start_temporary_server(log_path: Path | None = None) -> tuple[subprocess.Pop
         log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+        [sys.executable, "-c", _DIE_WITH_PARENT, str(parent),
+         "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
          "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-        preexec_fn=lambda: _die_with_parent(parent))  # noqa: PLW1509 - no threads yet
+        env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     api_url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     with httpx.Client() as client:
