@@ -38,6 +38,10 @@ class RunSummary:
     shards: int
     batch_ids: list[str] = field(default_factory=list)
     results_url: str | None = None
+    #: 1-hour cache writes (`cache_write_tokens` are the 5-minute ones), priced apart.
+    cache_write_1h_tokens: int = 0
+    #: Reasoning tokens, already counted in `output_tokens` (billed as output).
+    reasoning_tokens: int = 0
 
     @property
     def saving_usd(self) -> Decimal:
@@ -57,7 +61,10 @@ class RunSummary:
             *({"metric": status, "value": n} for status, n in sorted(self.counts.items())),
             {"metric": "input tokens", "value": self.input_tokens},
             {"metric": "cached input tokens", "value": self.cached_input_tokens},
+            {"metric": "cache write tokens (5 min)", "value": self.cache_write_tokens},
+            {"metric": "cache write tokens (1 hour)", "value": self.cache_write_1h_tokens},
             {"metric": "output tokens", "value": self.output_tokens},
+            {"metric": "of which reasoning", "value": self.reasoning_tokens},
             {"metric": "cost (batch) USD", "value": f"{self.cost_usd:.6f}"},
             {"metric": "same work live USD", "value": f"{self.live_cost_usd:.6f}"},
             {"metric": "saving USD", "value": f"{self.saving_usd:.6f}"},
@@ -88,6 +95,8 @@ def summarize(ledger: Ledger, run_id: int) -> RunSummary:
         rows=sum(counts.values()), counts=counts, reasons=ledger.reasons(run_id),
         input_tokens=totals["input_tokens"], cached_input_tokens=totals["cached_input_tokens"],
         cache_write_tokens=totals["cache_write_tokens"], output_tokens=totals["output_tokens"],
+        cache_write_1h_tokens=totals["cache_write_1h_tokens"],
+        reasoning_tokens=totals["reasoning_tokens"],
         cost_usd=from_picodollars(totals["cost_picodollars"]),
         live_cost_usd=from_picodollars(totals["live_cost_picodollars"]),
         shards=len(shard_rows),
@@ -101,7 +110,8 @@ def _schema(fields: list[str]) -> pa.Schema:
                ("excerpted", pa.bool_()), ("attempt", pa.int64()), ("raw_text", pa.string())]
     columns += [(f"output_{name}", pa.string()) for name in fields]
     columns += [("input_tokens", pa.int64()), ("cached_input_tokens", pa.int64()),
-                ("cache_write_tokens", pa.int64()), ("output_tokens", pa.int64()),
+                ("cache_write_tokens", pa.int64()), ("cache_write_1h_tokens", pa.int64()),
+                ("output_tokens", pa.int64()), ("reasoning_tokens", pa.int64()),
                 ("cost_usd", COST_TYPE)]
     return pa.schema(columns)
 
@@ -136,7 +146,9 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
                 "input_tokens": item["input_tokens"],
                 "cached_input_tokens": item["cached_input_tokens"],
                 "cache_write_tokens": item["cache_write_tokens"],
+                "cache_write_1h_tokens": item["cache_write_1h_tokens"],
                 "output_tokens": item["output_tokens"],
+                "reasoning_tokens": item["reasoning_tokens"],
                 "cost_usd": from_picodollars(item["cost_picodollars"]),
             })
             if len(chunk) >= RESULT_CHUNK:

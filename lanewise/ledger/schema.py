@@ -73,6 +73,11 @@ items = sa.Table(
     sa.Column("cached_input_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("cache_write_tokens", sa.Integer, nullable=False, default=0),
     sa.Column("output_tokens", sa.Integer, nullable=False, default=0),
+    # 1-hour cache writes (priced apart from the 5-minute ones in cache_write_tokens) and
+    # reasoning tokens (already inside output_tokens, kept apart to be shown): 0004.
+    sa.Column("cache_write_1h_tokens", sa.Integer, nullable=False, default=0,
+              server_default="0"),
+    sa.Column("reasoning_tokens", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("cost_picodollars", sa.BigInteger, nullable=False, default=0),
     sa.Column("live_cost_picodollars", sa.BigInteger, nullable=False, default=0),
     sa.UniqueConstraint("run_id", "row_number", name="uq_items_run_row"),
