@@ -57,14 +57,16 @@ def test_message_answers_and_tool_schema(claude):
 
 
 def test_cache_control_writes_then_reads(claude):
-    system = [{"type": "text", "text": "Long policy. " * 700,
+    # claude-haiku-4-5 caches prefixes of 4,096 tokens or more (see
+    # tests/test_emulator_billing_rules.py for the per-model minimums).
+    system = [{"type": "text", "text": "Long policy. " * 1400,
                "cache_control": {"type": "ephemeral"}}]
     messages = [{"role": "user", "content": "Hello there."}]
     first = claude.messages.create(model=MODEL, max_tokens=50, system=system,
                                    messages=messages)
     second = claude.messages.create(model=MODEL, max_tokens=50, system=system,
                                     messages=messages)
-    assert first.usage.cache_creation_input_tokens > 1024
+    assert first.usage.cache_creation_input_tokens > 4096
     assert first.usage.cache_read_input_tokens == 0
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
     assert second.usage.input_tokens == first.usage.input_tokens
@@ -80,13 +82,13 @@ def test_batch_lifecycle_counts_stay_zero_until_ended(claude, emulator):
         time.sleep(0.05)
         batch = claude.messages.batches.retrieve(batch.id)
     assert batch.request_counts.succeeded == 10 and batch.request_counts.processing == 0
-    assert batch.results_url == f"/v1/messages/batches/{batch.id}/results"
+    assert batch.results_url == f"{emulator.url}/v1/messages/batches/{batch.id}/results"
     assert batch.ended_at is not None
     results = list(claude.messages.batches.results(batch.id))
     assert sorted(r.custom_id for r in results) == sorted(f"r-{i}" for i in range(10))
     assert all(r.result.type == "succeeded" for r in results)
     assert results[0].result.message.usage.service_tier == "batch"
-    raw = httpx.get(f"{emulator.url}{batch.results_url}", headers={"x-api-key": "k"}).text
+    raw = httpx.get(batch.results_url, headers={"x-api-key": "k"}).text
     assert "\n\n" not in raw and raw.endswith("\n")
 
 

@@ -202,7 +202,11 @@ def test_finished_batches_files_and_deletes_survive_a_restart(tmp_path):
         assert again.model_dump() == first.model_dump()
         assert oai.files.content(first.output_file_id).text == output
         assert [f.id for f in oai.files.list()] == files
-        assert claude.messages.batches.retrieve(kept.id).model_dump() == kept.model_dump()
+        reloaded = claude.messages.batches.retrieve(kept.id)
+        # results_url is absolute and names the emulator serving it now (a new port).
+        assert reloaded.results_url == f"{emu.url}/v1/messages/batches/{kept.id}/results"
+        assert reloaded.model_dump(exclude={"results_url"}) == kept.model_dump(
+            exclude={"results_url"})
         assert [r.model_dump() for r in claude.messages.batches.results(kept.id)] == results
         with pytest.raises(anthropic.NotFoundError):
             claude.messages.batches.retrieve(gone.id)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from lanewise.emulator.engine import InvalidRequest
-from lanewise.emulator.http_errors import FAULT_MESSAGES, anthropic_error
+from lanewise.emulator.http_errors import FAULT_MESSAGES, anthropic_credit_error, anthropic_error
 from lanewise.emulator.jobs import BatchJob
 from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
@@ -32,9 +32,16 @@ def _rfc3339(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def batch_object(state: EmulatorState, job: BatchJob) -> dict[str, Any]:
-    """The MessageBatch object of `job` as it is now."""
-    view = state.view(job)
+def results_url(base_url: str, batch_id: str) -> str:
+    """The absolute URL of a batch's results on this emulator, from the request's base
+    URL (`http://HOST:PORT/`), as the real API gives one on its own host."""
+    return f"{base_url.rstrip('/')}/v1/messages/batches/{batch_id}/results"
+
+
+def batch_object(state: EmulatorState, job: BatchJob, base_url: str,
+                 now: float | None = None) -> dict[str, Any]:
+    """The MessageBatch object of `job` as it is now (or at `now`)."""
+    view = state.view(job, now)
     status = PROCESSING_STATUS[view.phase]
     counts = {"processing": job.total, "succeeded": 0, "errored": 0, "canceled": 0,
               "expired": 0}
@@ -50,7 +57,7 @@ def batch_object(state: EmulatorState, job: BatchJob) -> dict[str, Any]:
         "ended_at": _rfc3339(view.ended_at) if status == "ended" else None,
         "cancel_initiated_at": _rfc3339(job.cancel_requested_at),
         "archived_at": None,
-        "results_url": f"/v1/messages/batches/{job.id}/results" if status == "ended" else None,
+        "results_url": results_url(base_url, job.id) if status == "ended" else None,
     }
 
 
@@ -63,8 +70,10 @@ def build_router(state: EmulatorState) -> APIRouter:
         state.stats["anthropic_live_calls"] += 1
         await asyncio.sleep(state.live_latency())
         fault = state.live_fault("anthropic")
+        if fault is not None and fault.kind == "insufficient_quota":
+            return anthropic_credit_error()
         if fault is not None:
-            status, retry_after = fault
+            status, retry_after = fault.status, fault.retry_after
             headers = {}
             if status == 429:
                 wait = retry_after if retry_after is not None else (
@@ -90,6 +99,8 @@ def build_router(state: EmulatorState) -> APIRouter:
 
     @router.post("/v1/messages/batches")
     async def create_batch(request: Request) -> Any:
+        if state.out_of_credit("anthropic"):
+            return anthropic_credit_error()
         limits = state.config.limits
         declared = int(request.headers.get("content-length") or 0)
         if declared > limits.anthropic_max_bytes:
@@ -99,9 +110,9 @@ def build_router(state: EmulatorState) -> APIRouter:
         if len(raw) > limits.anthropic_max_bytes:
             return anthropic_error(413, f"Request exceeds the {limits.anthropic_max_bytes} "
                                    "byte limit for a Message Batch.")
-        return await asyncio.to_thread(_create_batch, raw)
+        return await asyncio.to_thread(_create_batch, raw, str(request.base_url))
 
-    def _create_batch(raw: bytes) -> Any:
+    def _create_batch(raw: bytes, base_url: str) -> Any:
         limits = state.config.limits
         try:
             body = json.loads(raw)
@@ -136,18 +147,20 @@ def build_router(state: EmulatorState) -> APIRouter:
         job = BatchJob(id=job_id, provider="anthropic", input_path=path, total=len(requests),
                        created_at=time.time(), fate=state.batch_fate(job_id))
         state.register(job)
-        return batch_object(state, job)
+        return batch_object(state, job, base_url)
 
     @router.get("/v1/messages/batches")
-    def list_batches(after_id: str | None = None, before_id: str | None = None,
-                     limit: int = 20) -> Any:
+    def list_batches(request: Request, after_id: str | None = None,
+                     before_id: str | None = None, limit: int = 20) -> Any:
         if not 1 <= limit <= 1000:
             return anthropic_error(400, "limit: must be between 1 and 1000")
         jobs = sorted((j for j in state.jobs.values()
                        if j.provider == "anthropic" and not j.deleted),
                       key=lambda j: j.id, reverse=True)
+        base_url = str(request.base_url)
+
         def render(job: BatchJob) -> dict[str, Any]:
-            return batch_object(state, job)
+            return batch_object(state, job, base_url)
 
         if not before_id:
             return page_after(jobs, lambda j: j.id, after_id, limit, render)
@@ -169,22 +182,29 @@ def build_router(state: EmulatorState) -> APIRouter:
         return anthropic_error(404, f"No message batch found with id '{batch_id}'.")
 
     @router.get("/v1/messages/batches/{batch_id}")
-    def retrieve_batch(batch_id: str) -> Any:
+    def retrieve_batch(request: Request, batch_id: str) -> Any:
         job = _job(batch_id)
-        return _missing(batch_id) if job is None else batch_object(state, job)
+        if job is None:
+            return _missing(batch_id)
+        return batch_object(state, job, str(request.base_url))
 
     @router.post("/v1/messages/batches/{batch_id}/cancel")
-    def cancel_batch(batch_id: str) -> Any:
+    def cancel_batch(request: Request, batch_id: str) -> Any:
+        """Cancel an in-progress batch: it reads `canceling` (with
+        `cancel_initiated_at`) and then `ended`. The docs allow a cancel "any time
+        before processing ends"; a batch already canceling or ended comes back as it
+        is."""
         job = _job(batch_id)
         if job is None:
             return _missing(batch_id)
         with job.lock:
-            view = job.view(time.time(), state.config)
+            now = time.time()
+            view = job.view(now, state.config)
             if PROCESSING_STATUS[view.phase] == "in_progress":
                 job.cancel_cut = view.done
-                job.cancel_requested_at = time.time()
+                job.cancel_requested_at = now
                 state.job_store.save_cancel(job)
-        return batch_object(state, job)
+        return batch_object(state, job, str(request.base_url), now)
 
     @router.delete("/v1/messages/batches/{batch_id}")
     def delete_batch(batch_id: str) -> Any:

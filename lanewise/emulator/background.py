@@ -13,7 +13,9 @@ that is free, so a client holding the old URL goes on working; else on any free 
 publishes `server.json` once it listens, and exits on SIGTERM or SIGINT, or after
 `LANEWISE_EMULATOR_IDLE_SECONDS` (default 1800) with no HTTP request. Its timing and
 faults are the defaults, or `LANEWISE_EMULATOR_<FIELD>` (e.g.
-`LANEWISE_EMULATOR_BATCH_SECONDS`) from the environment of the process that starts it.
+`LANEWISE_EMULATOR_BATCH_SECONDS`) from the environment of the process that starts it;
+it bills by `LANEWISE_EMULATOR_PRICES` (a price table file) if set, else by the table
+lanewise prices by.
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 = any free port.")
     parser.add_argument("--prefer-port", type=int, default=0,
                         help="Try this port first; if it is taken, use --port.")
+    parser.add_argument("--prices", type=Path, default=None,
+                        help="The price table the emulator bills by [default: "
+                        "LANEWISE_EMULATOR_PRICES, else lanewise's prices_path].")
     parser.add_argument("--idle-seconds", type=float, default=None,
                         help=f"Exit after this long with no request (0 = never) "
                         f"[default: {IDLE_ENV} or {DEFAULT_IDLE_SECONDS}].")
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         idle = args.idle_seconds if args.idle_seconds is not None else idle_seconds_from_env()
         config = config_from_env()
+        if args.prices is not None:
+            config.prices_path = args.prices
         state_dir = args.state_dir or get_settings().home / "emulator"
         ports = [args.prefer_port, args.port] if args.prefer_port else [args.port]
         for number, port in enumerate(ports, 1):

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from lanewise.emulator.engine import InvalidRequest
-from lanewise.emulator.jobs import BatchJob, JobView, iter_jsonl, unit_draw
+from lanewise.emulator.jobs import BatchJob, JobView, iter_custom_ids, iter_jsonl, unit_draw
 from lanewise.emulator.store import StoredFile
 from lanewise.pricing import Lane, Usage
 
@@ -53,11 +53,8 @@ def process_request(state: EmulatorState, job: BatchJob, line: dict[str, Any]) -
         return {"custom_id": custom_id, "ok": False, "status": error.status,
                 "kind": error.kind, "message": error.message, "param": error.param,
                 "code": error.code}
-    usage = answer.usage
     return {"custom_id": custom_id, "ok": True, "status": 200, "body": answer.body,
-            "model": answer.model,
-            "usage": [usage.input_tokens, usage.cached_input_tokens,
-                      usage.cache_write_tokens, usage.output_tokens]}
+            "model": answer.model, "usage": list(answer.usage.as_tuple())}
 
 
 def finalize(state: EmulatorState, job: BatchJob, view: JobView) -> None:
@@ -66,6 +63,7 @@ def finalize(state: EmulatorState, job: BatchJob, view: JobView) -> None:
     The billing rows are staged while the files are written, then committed in one
     transaction with the job's `finalized` mark and its output files' registry rows:
     a process killed part way leaves no bill, and the next process finalizes again.
+    Every row of the batch is billed at the batch's end (`billed_at` = its ended time).
     """
     with job.lock:
         if job.finalized:
@@ -74,6 +72,7 @@ def finalize(state: EmulatorState, job: BatchJob, view: JobView) -> None:
         writer = _OpenAIWriter(state, job) if job.provider == "openai" else _AnthropicWriter(
             state, job)
         state.billing.discard_staged(job.id)
+        ended_at = view.ended_at or time.time()
         bills: list[tuple[Any, ...]] = []
         finished: set[str] = set()
         staged_lines = iter_jsonl(job.staged_path) if job.staged_path.exists() else iter(())
@@ -87,18 +86,19 @@ def finalize(state: EmulatorState, job: BatchJob, view: JobView) -> None:
                 writer.add_usage(usage)
                 bills.append(state.billing.row(
                     job.provider, Lane.BATCH, record["model"], usage, batch_id=job.id,
-                    custom_id=record["custom_id"], request_id=record["body"]["id"]))
+                    custom_id=record["custom_id"], request_id=record["body"]["id"],
+                    billed_at=ended_at))
                 if len(bills) >= 5000:
                     state.billing.stage(bills)
                     bills = []
         state.billing.stage(bills)
         if cut < job.total:
-            for line in iter_jsonl(job.input_path):
-                if line["custom_id"] not in finished:
-                    writer.write_never_ran(line["custom_id"], view.phase)
+            for custom_id in iter_custom_ids(job.input_path):
+                if custom_id not in finished:
+                    writer.write_never_ran(custom_id, view.phase)
         new_files = writer.close()
-        results = writer.summary()
-        ended_at = view.ended_at or time.time()
+        results = {**writer.summary(), "in_progress_at": view.in_progress_at,
+                   "finalizing_at": view.finalizing_at}
         with state.db.transaction() as conn:
             state.billing.commit_staged(conn, job.id)
             for stored in new_files:
@@ -184,7 +184,7 @@ class _OpenAIWriter:
                 "input_tokens": u.input_tokens + u.cached_input_tokens,
                 "input_tokens_details": {"cached_tokens": u.cached_input_tokens},
                 "output_tokens": u.output_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
                 "total_tokens": u.input_tokens + u.cached_input_tokens + u.output_tokens,
             },
         }

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from pydantic import BaseModel, Field
+
+PRICES_ENV = "LANEWISE_EMULATOR_PRICES"
+ORGANIZATION_ID = "org-lanewise-emulator"
 
 
 class Timing(BaseModel):
@@ -24,10 +30,19 @@ class Limits(BaseModel):
     openai_max_requests: int = Field(50_000, description="Requests per OpenAI batch.")
     openai_max_file_bytes: int = Field(200 * 1024 * 1024, description="OpenAI batch input.")
     openai_enqueued_tokens: int = Field(
-        20_000_000, description="Per-model enqueued input tokens over active OpenAI batches."
+        2_000_000, description="Per-model enqueued input tokens over active OpenAI batches "
+        "(Tier 1's batch queue limit for gpt-4o-mini; lanewise's default budget)."
+    )
+    openai_enqueued_tokens_by_model: dict[str, int] = Field(
+        default_factory=dict, description="Per-model overrides of `openai_enqueued_tokens` "
+        "(e.g. {'gpt-4o': 90000}, Tier 1's figure for gpt-4o)."
     )
     anthropic_max_requests: int = Field(100_000, description="Requests per Anthropic batch.")
     anthropic_max_bytes: int = Field(256 * 1024 * 1024, description="Anthropic batch body.")
+
+    def enqueued_limit(self, model: str) -> int:
+        """The enqueued-token limit of `model`."""
+        return self.openai_enqueued_tokens_by_model.get(model, self.openai_enqueued_tokens)
 
 
 class Faults(BaseModel):
@@ -50,6 +65,14 @@ class Faults(BaseModel):
     expire_finished_fraction: float = Field(
         0.5, ge=0, le=1, description="Share of an expiring batch finished before expiry."
     )
+    openai_insufficient_quota: bool = Field(
+        False, description="OpenAI is out of credit: live calls, uploads and batch creates "
+        "answer 429 insufficient_quota."
+    )
+    anthropic_insufficient_quota: bool = Field(
+        False, description="Anthropic is out of credit: live calls and batch creates answer "
+        "400 'Your credit balance is too low'."
+    )
 
 
 class EmulatorConfig(BaseModel):
@@ -61,3 +84,19 @@ class EmulatorConfig(BaseModel):
     api_key: str | None = Field(
         None, description="If set, the only key accepted; otherwise any non-empty key is."
     )
+    prices_path: Path | None = Field(
+        None, description=f"The price table the emulator bills by; default ${PRICES_ENV}, "
+        "else lanewise's own (settings `prices_path`, data/prices.json)."
+    )
+
+    def resolved_prices_path(self) -> Path:
+        """The price table file to bill by: this config's, `$LANEWISE_EMULATOR_PRICES`,
+        else the one lanewise itself prices by."""
+        if self.prices_path is not None:
+            return Path(self.prices_path)
+        from_env = os.environ.get(PRICES_ENV)
+        if from_env:
+            return Path(from_env)
+        from lanewise.settings import get_settings
+
+        return get_settings().prices_path

@@ -12,7 +12,7 @@ ANTHROPIC_KINDS = {
 }
 OPENAI_KINDS = {
     400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-    429: "requests", 500: "server_error", 503: "server_error",
+    409: "invalid_request_error", 429: "requests", 500: "server_error", 503: "server_error",
 }
 FAULT_MESSAGES = {
     429: "Rate limit reached (emulated). Please try again later.",
@@ -20,6 +20,30 @@ FAULT_MESSAGES = {
     503: "The service is temporarily unavailable (emulated).",
     529: "Overloaded (emulated).",
 }
+
+
+# What each provider answers an account without credit (checked against users' reports:
+# github.com/ChatGPTNextWeb/NextChat/issues/3123 and anthropics/claude-quickstarts#229).
+OPENAI_QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+ANTHROPIC_CREDIT_MESSAGE = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+    "Billing to upgrade or purchase credits."
+)
+
+
+def openai_quota_error() -> JSONResponse:
+    """OpenAI's answer to an exhausted quota: 429 `insufficient_quota` (no retry helps)."""
+    return openai_error(429, OPENAI_QUOTA_MESSAGE, kind="insufficient_quota",
+                        code="insufficient_quota")
+
+
+def anthropic_credit_error() -> JSONResponse:
+    """Anthropic's answer to an account without credit: 400 invalid_request_error."""
+    return anthropic_error(400, ANTHROPIC_CREDIT_MESSAGE, kind="invalid_request_error")
 
 
 def openai_error(status: int, message: str, *, kind: str | None = None,

@@ -99,23 +99,33 @@ class BatchJob:
         return self.total
 
     def view(self, now: float, config: EmulatorConfig) -> JobView:
-        """The job's state at `now`."""
+        """The job's state at `now`.
+
+        A cancel shows `cancelling` at once (even while validating, and even with
+        `cancel_seconds=0` at the instant of the cancel), then `cancelled`; a job
+        cancelled before it left `validating` never reports `in_progress_at`.
+        """
         timing = config.timing
         if self.final_phase is not None:
-            return JobView(self.final_phase, self.cancel_cut or 0, ended_at=self.final_ended_at)
+            return JobView(self.final_phase, self.cancel_cut or 0,
+                           self.results.get("in_progress_at"),
+                           self.results.get("finalizing_at"), ended_at=self.final_ended_at)
         start = self.created_at + timing.validating_seconds
-        if now < start:
-            return JobView("validating", 0)
-        if self.failure is not None:
-            return JobView("failed", 0, ended_at=start)
         if self.cancel_requested_at is not None:
             ends = self.cancel_requested_at + timing.cancel_seconds
             # After a restart the worker first redoes the requests finished before the
             # cancel; the job stays cancelling until they are staged again.
             caught_up = self.processed >= (self.cancel_cut or 0)
-            phase = "cancelled" if now >= ends and caught_up else "cancelling"
-            return JobView(phase, self.cancel_cut or 0, start,
+            over = now >= ends and now > self.cancel_requested_at
+            phase = "cancelled" if over and caught_up else "cancelling"
+            started = start if self.cancel_requested_at >= start and self.failure is None \
+                else None
+            return JobView(phase, self.cancel_cut or 0, started,
                            ended_at=ends if phase == "cancelled" else None)
+        if now < start:
+            return JobView("validating", 0)
+        if self.failure is not None:
+            return JobView("failed", 0, ended_at=start)
         expires_at = self.created_at + timing.expiry_seconds
         done = self._visible(min(now, expires_at), start, timing.batch_seconds)
         all_done_at = self._all_done_at(start, timing.batch_seconds)
@@ -154,6 +164,21 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         for raw in handle:
             if raw.strip():
                 yield json.loads(raw)
+
+
+def iter_custom_ids(path: Path) -> Iterator[str]:
+    """Stream the `custom_id` of each parseable line of an input file (a batch that
+    failed validation may hold lines that are not)."""
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+                yield line["custom_id"]
 
 
 class BatchWorker:

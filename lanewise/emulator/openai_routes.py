@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
+from lanewise.emulator.config import ORGANIZATION_ID
 from lanewise.emulator.engine import InvalidRequest
-from lanewise.emulator.http_errors import FAULT_MESSAGES, openai_error
+from lanewise.emulator.http_errors import FAULT_MESSAGES, openai_error, openai_quota_error
 from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob
 from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
@@ -83,9 +84,9 @@ def validate_input(state: EmulatorState, path, endpoint: str) -> tuple[dict | No
     return None, count, model, tokens
 
 
-def batch_object(state: EmulatorState, job: BatchJob) -> dict[str, Any]:
-    """The OpenAI Batch object of `job` as it is now."""
-    view = state.view(job)
+def batch_object(state: EmulatorState, job: BatchJob, now: float | None = None) -> dict[str, Any]:
+    """The OpenAI Batch object of `job` as it is now (or at `now`)."""
+    view = state.view(job, now)
     obj: dict[str, Any] = {
         "id": job.id, "object": "batch", "endpoint": job.endpoint, "model": job.model,
         "errors": None, "input_file_id": job.input_file_id, "completion_window": "24h",
@@ -126,6 +127,8 @@ def build_router(state: EmulatorState) -> APIRouter:
     @router.post("/v1/files")
     def upload_file(file: Annotated[UploadFile, File()],
                     purpose: Annotated[str, Form()]) -> Any:
+        if state.out_of_credit("openai"):
+            return openai_quota_error()
         if purpose not in ("batch", "batch_output", "user_data", "fine-tune", "assistants",
                            "vision", "evals"):
             return openai_error(400, f"Invalid purpose {purpose!r}.", param="purpose")
@@ -171,6 +174,8 @@ def build_router(state: EmulatorState) -> APIRouter:
         return await asyncio.to_thread(_create_batch, body)
 
     def _create_batch(body: dict[str, Any]) -> Any:
+        if state.out_of_credit("openai"):
+            return openai_quota_error()
         endpoint = body.get("endpoint")
         if endpoint not in ENDPOINTS:
             return openai_error(400, f"Invalid endpoint {endpoint!r}.", param="endpoint")
@@ -206,14 +211,15 @@ def build_router(state: EmulatorState) -> APIRouter:
                        input_file_id=stored.id, metadata=metadata, enqueued_tokens=tokens,
                        failure=failure, fate=state.batch_fate(job_id))
         with state.lock:
-            limit = state.config.limits.openai_enqueued_tokens
             if failure is None and model is not None:
+                limit = state.config.limits.enqueued_limit(model)
                 enqueued = state.active_enqueued_tokens(model, now)
                 if enqueued + tokens > limit:
                     job.failure = {
                         "code": "token_limit_exceeded", "line": None, "param": None,
-                        "message": f"Enqueued token limit reached for {model}: {enqueued} "
-                        f"enqueued + {tokens} > {limit}."}
+                        "message": f"Enqueued token limit reached for {model} in "
+                        f"organization {ORGANIZATION_ID}. Limit: {limit:,} enqueued tokens. "
+                        "Please try submitting your batch again later."}
             if job.failure is None and job.fate == "fail":
                 job.failure = {"code": "batch_failed", "line": None, "param": None,
                                "message": "The batch failed (emulated whole-batch fault)."}
@@ -246,21 +252,26 @@ def build_router(state: EmulatorState) -> APIRouter:
         if job is None:
             return openai_error(404, f"No batch found with id '{batch_id}'.")
         with job.lock:
-            view = job.view(time.time(), state.config)
+            now = time.time()
+            view = job.view(now, state.config)
             if view.phase in TERMINAL_PHASES or view.phase == "cancelling":
-                return openai_error(409, f"Cannot cancel a batch with status {view.phase!r}.")
+                # What the real API answers (a 409 Conflict, which the SDKs retry twice
+                # before raising ConflictError): the batch is left as it is.
+                return openai_error(409, f"Cannot cancel a batch with status '{view.phase}'.")
             job.cancel_cut = view.done
-            job.cancel_requested_at = time.time()
+            job.cancel_requested_at = now
             state.job_store.save_cancel(job)
-        return batch_object(state, job)
+        return batch_object(state, job, now)  # reads `cancelling` at the cancel's instant
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         state.stats["openai_live_calls"] += 1
         await asyncio.sleep(state.live_latency())
         fault = state.live_fault("openai")
+        if fault is not None and fault.kind == "insufficient_quota":
+            return openai_quota_error()
         if fault is not None:
-            status, retry_after = fault
+            status, retry_after = fault.status, fault.retry_after
             status = 503 if status == 529 else status
             headers = {}
             if status == 429:

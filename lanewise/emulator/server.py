@@ -21,7 +21,6 @@ from lanewise.emulator.config import EmulatorConfig
 from lanewise.emulator.state import EmulatorState
 from lanewise.errors import ConfigurationError
 from lanewise.pricing import load_price_table
-from lanewise.settings import get_settings
 
 EMULATOR_API_KEY = "sk-lanewise-emulator"
 log = logging.getLogger("lanewise.emulator")
@@ -47,9 +46,13 @@ class RunningEmulator:
 
 
 def build_state(config: EmulatorConfig, state_dir: Path) -> EmulatorState:
-    """An emulator state over `state_dir`, priced by the configured price table."""
+    """An emulator state over `state_dir`, billing by its own price table file
+    (`config.prices_path`, `$LANEWISE_EMULATOR_PRICES`, else lanewise's)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    return EmulatorState(config, state_dir, load_price_table(get_settings().prices_path))
+    prices_path = config.resolved_prices_path().resolve()
+    state = EmulatorState(config, state_dir, load_price_table(prices_path))
+    state.prices_path = prices_path
+    return state
 
 
 class _ThreadServer(uvicorn.Server):

@@ -22,15 +22,30 @@ from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob, BatchWorker, JobVi
 from lanewise.emulator.store import BillingRecord, FileStore, JobStore, StateDB, id_instance
 from lanewise.pricing import PriceTable
 
+INSUFFICIENT_QUOTA = "insufficient_quota"
+# The status each provider answers an exhausted account with.
+QUOTA_STATUS = {"openai": 429, "anthropic": 400}
+
 
 @dataclass
 class ScriptedFault:
-    """Answer the next `count` live calls (of `provider`, or any) with `status`."""
+    """Answer the next `count` live calls (of `provider`, or any) with `status`, or
+    with the fault `kind` names (`insufficient_quota`: the provider's own status)."""
 
-    status: int
+    status: int | None = None
     count: int = 1
     provider: str | None = None
     retry_after: float | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class LiveFault:
+    """The fault one live call gets: an HTTP status, its retry-after, and its kind."""
+
+    status: int
+    retry_after: float | None = None
+    kind: str | None = None
 
 
 class EmulatorState:
@@ -52,6 +67,7 @@ class EmulatorState:
             self.folder_lock.release()
             raise
         self.engine = ModelEngine(prices)
+        self.prices_path: Path | None = None  # the price table file, when built from one
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
         self.last_request = time.monotonic()
@@ -60,6 +76,7 @@ class EmulatorState:
         self.stats: dict[str, int] = {
             "openai_batches_created": 0, "anthropic_batches_created": 0,
             "openai_live_calls": 0, "anthropic_live_calls": 0, "live_faults": 0,
+            "quota_refusals": 0,
         }
         # Imported here to avoid a cycle: the processors need the state's engine.
         from lanewise.emulator.batch_process import process_request
@@ -127,15 +144,31 @@ class EmulatorState:
             return "expire"
         return "complete"
 
-    def live_fault(self, provider: str) -> tuple[int, float | None] | None:
-        """The fault (status, retry-after) this live call gets, if any."""
+    def out_of_credit(self, provider: str) -> bool:
+        """True (and counted) when `provider`'s account is switched to no credit: every
+        live call and batch create (and OpenAI upload) is refused."""
+        faults = self.config.faults
+        refused = (faults.openai_insufficient_quota if provider == "openai"
+                   else faults.anthropic_insufficient_quota)
+        if refused:
+            with self.lock:
+                self.stats["quota_refusals"] += 1
+        return refused
+
+    def live_fault(self, provider: str) -> LiveFault | None:
+        """The fault this live call gets, if any: the no-credit switch, a scripted
+        fault, or a seeded draw."""
+        if self.out_of_credit(provider):
+            return LiveFault(QUOTA_STATUS[provider], kind=INSUFFICIENT_QUOTA)
         with self.lock:
             for scripted in self.scripted:
                 if scripted.provider in (None, provider) and scripted.count > 0:
                     scripted.count -= 1
                     self.scripted = [s for s in self.scripted if s.count > 0]
                     self.stats["live_faults"] += 1
-                    return scripted.status, scripted.retry_after
+                    if scripted.kind == INSUFFICIENT_QUOTA:
+                        return LiveFault(QUOTA_STATUS[provider], kind=INSUFFICIENT_QUOTA)
+                    return LiveFault(scripted.status or 500, scripted.retry_after)
             faults = self.config.faults
             draw = self._live_rng.random()
             table = [(faults.rate_limit_rate, 429), (faults.server_error_rate, 500),
@@ -147,7 +180,7 @@ class EmulatorState:
                 threshold += rate
                 if draw < threshold:
                     self.stats["live_faults"] += 1
-                    return status, None
+                    return LiveFault(status)
         return None
 
     def live_latency(self) -> float:
@@ -215,4 +248,5 @@ class EmulatorState:
     def snapshot(self) -> dict[str, Any]:
         """Counters for tests and operators."""
         with self.lock:
-            return dict(self.stats, batches=len(self.jobs))
+            return dict(self.stats, batches=len(self.jobs),
+                        prices_path=str(self.prices_path) if self.prices_path else None)

@@ -55,7 +55,18 @@ class StateDB:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         for statement in SCHEMA:
             self.conn.execute(statement)
+        self._migrate()
+        for statement in INDEXES:
+            self.conn.execute(statement)
         self.conn.commit()
+
+    def _migrate(self) -> None:
+        """Bring a `billing` table an older emulator created up to date: add the
+        columns it lacks (their values stay NULL on the rows already there)."""
+        present = {row[1] for row in self.conn.execute("PRAGMA table_info(billing)")}
+        for column, kind in BILLING_ADDED_COLUMNS:
+            if column not in present:
+                self.conn.execute(f"ALTER TABLE billing ADD COLUMN {column} {kind}")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -78,7 +89,8 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS billing (id INTEGER PRIMARY KEY, "
     "provider TEXT, lane TEXT, batch_id TEXT, custom_id TEXT, request_id TEXT, "
     "model TEXT, input_tokens INTEGER, cached_input_tokens INTEGER, "
-    "cache_write_tokens INTEGER, output_tokens INTEGER, cost_picodollars INTEGER)",
+    "cache_write_tokens INTEGER, output_tokens INTEGER, cost_picodollars INTEGER, "
+    "cache_write_1h_tokens INTEGER, reasoning_tokens INTEGER, billed_at REAL)",
     "CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, filename TEXT NOT NULL, "
     "purpose TEXT NOT NULL, bytes INTEGER NOT NULL, created_at INTEGER NOT NULL)",
     # One row per batch: what create fixed, then cancel, the worker's end, finalize
@@ -92,6 +104,20 @@ SCHEMA = (
     "worker_done_at REAL, outcomes BLOB, "
     "finalized INTEGER NOT NULL DEFAULT 0, final_phase TEXT, final_ended_at REAL, "
     "results TEXT, deleted INTEGER NOT NULL DEFAULT 0)",
+)
+
+# Columns later emulators added to `billing` (`StateDB._migrate` adds them to old files).
+BILLING_ADDED_COLUMNS = (
+    ("cache_write_1h_tokens", "INTEGER"), ("reasoning_tokens", "INTEGER"),
+    ("billed_at", "REAL"),
+)
+# The UTC day a row was billed on, as SQLite computes it; cost reports group by it (with
+# model and lane), so it is indexed: use exactly this expression to hit the index.
+BILLED_DAY = "date(billed_at, 'unixepoch')"
+INDEXES = (
+    f"CREATE INDEX IF NOT EXISTS billing_by_day ON billing ({BILLED_DAY}, provider, model, "
+    "lane)",
+    "CREATE INDEX IF NOT EXISTS billing_billed_at ON billing (billed_at)",
 )
 
 FILE_ID = re.compile(r"^file-emu[0-9a-f]{11}[0-9]{8}$")
@@ -203,8 +229,11 @@ class FileStore:
 BILLING_COLUMNS = (
     "provider", "lane", "batch_id", "custom_id", "request_id", "model",
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-    "cost_picodollars",
+    "cost_picodollars", "cache_write_1h_tokens", "reasoning_tokens", "billed_at",
 )
+# Token columns summed in totals, in `pricing.Usage` order, then the cost.
+SUMMED = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+          "cache_write_1h_tokens", "reasoning_tokens", "cost_picodollars")
 COLUMN_LIST = ",".join(BILLING_COLUMNS)
 PLACEHOLDERS = ",".join("?" * len(BILLING_COLUMNS))
 
@@ -224,12 +253,14 @@ class BillingRecord:
 
     def row(self, provider: str, lane: Lane, model: str, usage: Usage, *,
             batch_id: str | None = None, custom_id: str | None = None,
-            request_id: str | None = None) -> tuple[Any, ...]:
-        """One billing row, priced from the price table."""
+            request_id: str | None = None, billed_at: float | None = None) -> tuple[Any, ...]:
+        """One billing row, priced from the price table; billed now unless `billed_at`
+        (unix seconds) says when."""
         cost = to_picodollars(self.prices.cost_usd(model, usage, lane))
         return (provider, lane.value, batch_id, custom_id, request_id, model,
                 usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
-                usage.output_tokens, cost)
+                usage.output_tokens, cost, usage.cache_write_1h_tokens, usage.reasoning_tokens,
+                time.time() if billed_at is None else billed_at)
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         """Append billing rows."""
@@ -259,41 +290,74 @@ class BillingRecord:
                      "FROM staged_billing WHERE batch_id = ? ORDER BY rowid", (batch_id,))
         conn.execute("DELETE FROM staged_billing WHERE batch_id = ?", (batch_id,))
 
-    def _where(self, filters: dict[str, str | None]) -> tuple[str, list[str]]:
+    def _where(self, filters: dict[str, Any]) -> tuple[str, list[Any]]:
         clauses, params = [], []
         for column in ("provider", "lane", "batch_id", "model"):
             value = filters.get(column)
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if filters.get("since") is not None:
+            clauses.append("billed_at >= ?")
+            params.append(float(filters["since"]))
+        if filters.get("until") is not None:
+            clauses.append("billed_at < ?")
+            params.append(float(filters["until"]))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def summary(self, **filters: str | None) -> dict[str, Any]:
-        """Totals overall and per (provider, lane, model), costs in USD strings."""
+    @staticmethod
+    def _totals(values: tuple[Any, ...]) -> dict[str, Any]:
+        count, *sums = (v or 0 for v in values)
+        shaped = dict(zip(SUMMED, sums, strict=True))
+        return {"requests": count, **shaped,
+                "cost_usd": str(from_picodollars(shaped["cost_picodollars"]))}
+
+    def summary(self, **filters: Any) -> dict[str, Any]:
+        """Totals overall and per (provider, lane, model), costs in USD strings.
+
+        Filters: provider, lane, batch_id, model, and `since`/`until` (unix seconds,
+        on `billed_at`; rows an emulator older than the column billed have none)."""
         where, params = self._where(filters)
-        sums = ("COUNT(*), SUM(input_tokens), SUM(cached_input_tokens), "
-                "SUM(cache_write_tokens), SUM(output_tokens), SUM(cost_picodollars)")
+        sums = "COUNT(*), " + ", ".join(f"SUM({column})" for column in SUMMED)
         with self._lock:
             total = self._db.conn.execute(f"SELECT {sums} FROM billing{where}", params).fetchone()
             groups = self._db.conn.execute(
                 f"SELECT provider, lane, model, {sums} FROM billing{where} "
                 "GROUP BY provider, lane, model ORDER BY provider, lane, model", params
             ).fetchall()
-
-        def shape(values: tuple[Any, ...]) -> dict[str, Any]:
-            count, inp, cached, write, out, cost = (v or 0 for v in values)
-            return {"requests": count, "input_tokens": inp, "cached_input_tokens": cached,
-                    "cache_write_tokens": write, "output_tokens": out,
-                    "cost_picodollars": cost, "cost_usd": str(from_picodollars(cost))}
-
         return {
-            "total": shape(total),
+            "total": self._totals(total),
             "by_model": [
-                {"provider": g[0], "lane": g[1], "model": g[2], **shape(g[3:])} for g in groups
+                {"provider": g[0], "lane": g[1], "model": g[2], **self._totals(g[3:])}
+                for g in groups
             ],
         }
 
-    def records(self, **filters: str | None) -> Iterator[dict[str, Any]]:
+    def by_day(self, *, provider: str | None = None, since_day: str | None = None,
+               until_day: str | None = None) -> list[dict[str, Any]]:
+        """Totals per UTC day of `billed_at`, provider, model and lane (what a provider's
+        cost report groups by), oldest day first; `since_day`/`until_day` are inclusive
+        `YYYY-MM-DD` bounds. Served by the `billing_by_day` index."""
+        clauses, params = ["billed_at IS NOT NULL"], []
+        if provider:
+            clauses.append("provider = ?")
+            params.append(provider)
+        if since_day:
+            clauses.append(f"{BILLED_DAY} >= ?")
+            params.append(since_day)
+        if until_day:
+            clauses.append(f"{BILLED_DAY} <= ?")
+            params.append(until_day)
+        sums = "COUNT(*), " + ", ".join(f"SUM({column})" for column in SUMMED)
+        with self._lock:
+            rows = self._db.conn.execute(
+                f"SELECT {BILLED_DAY} AS day, provider, model, lane, {sums} FROM billing "
+                f"WHERE {' AND '.join(clauses)} GROUP BY day, provider, model, lane "
+                "ORDER BY day, provider, model, lane", params).fetchall()
+        return [{"day": r[0], "provider": r[1], "model": r[2], "lane": r[3],
+                 **self._totals(r[4:])} for r in rows]
+
+    def records(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every billing row matching the filters, streamed."""
         where, params = self._where(filters)
         with self._lock:
