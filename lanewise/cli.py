@@ -52,9 +52,12 @@ def _emulator_options(func: Callable) -> Callable:
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
               help="Where files and the billing record live [default: LANEWISE_HOME/emulator].")
 @click.option("--api-key", default=None, help="Accept only this key (default: any key).")
+@click.option("--prices", "prices_path", type=click.Path(path_type=Path), default=None,
+              help="The price table the emulator bills by [default: LANEWISE_EMULATOR_PRICES, "
+              "else lanewise's own table].")
 @_emulator_options
 def emulator(host: str, port: int, state_dir: Path | None, api_key: str | None,
-             **overrides: Any) -> None:
+             prices_path: Path | None, **overrides: Any) -> None:
     """Run the provider emulator (OpenAI and Anthropic APIs) in the foreground."""
     from lanewise.emulator.config import EmulatorConfig
     from lanewise.emulator.server import serve_forever
@@ -65,7 +68,8 @@ def emulator(host: str, port: int, state_dir: Path | None, api_key: str | None,
         if value is not None:
             section, name = key.split("__", 1)
             sections[section][name] = value
-    config = EmulatorConfig.model_validate({**sections, "api_key": api_key})
+    config = EmulatorConfig.model_validate({**sections, "api_key": api_key,
+                                            "prices_path": prices_path})
     state_dir = state_dir or get_settings().home / "emulator"
     console.print(f"[bold]lanewise emulator[/] on http://{host}:{port} "
                   f"(OpenAI base_url http://{host}:{port}/v1, Anthropic base_url "
@@ -194,6 +198,118 @@ def attach(shard_key: str, batch_id: str, task: str) -> None:
 
     attach_batch(LaneContext.build(task), shard_key, batch_id)
     console.print(f"shard {shard_key} now follows batch {batch_id}; rerun the run to go on")
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True,
+              help="Only this model (repeatable) [default: the snapshot's and the catalog's].")
+@click.option("--table", "table_path", type=click.Path(path_type=Path), default=None,
+              help="A price table in LiteLLM's format [default: LANEWISE_PRICES_PATH].")
+def prices(models: tuple[str, ...], table_path: Path | None) -> None:
+    """The price table (USD per million tokens) and the rates charged conservatively."""
+    from rich.table import Table
+
+    from lanewise.catalog import load_catalog
+    from lanewise.pricing import BATCH_KEYS, LIVE_KEYS, PriceTable, per_million
+    from lanewise.settings import get_settings
+
+    settings = get_settings()
+    table_path = table_path or settings.prices_path
+    price_table = PriceTable.from_file(table_path)
+    if not models:
+        needed = {task.model for task in load_catalog(settings.catalog_path).tasks.values()}
+        models = tuple(sorted(set(price_table.annotated_models()) | needed))
+    rows = [price_table.price(model) for model in models]
+
+    def shown(price: Any, key: str) -> str:
+        value = price.rate_of(key)
+        if value is None:
+            return "-"
+        return f"{per_million(value):f}" + ("*" if key in price.unconfirmed else "")
+
+    rates = Table(title=f"Prices from {table_path} (USD per million tokens; * unconfirmed)",
+                  title_justify="left")
+    for column in ("model", "provider"):
+        rates.add_column(column)
+    labels = ("input", "output", "cached", "write 5m", "write 1h")
+    for prefix in ("", "batch "):
+        for label in labels:
+            rates.add_column(prefix + label, justify="right")
+    rates.add_column("checked")
+    rates.add_column("source", overflow="fold", max_width=40)
+    keys = [*LIVE_KEYS.values(), *BATCH_KEYS.values()]
+    for price in rows:
+        rates.add_row(price.model, price.provider, *(shown(price, key) for key in keys),
+                      price.checked or "-", price.source or "-")
+    console.print(rates)
+
+    unconfirmed = Table(title="Unconfirmed rates: no public figure, charged conservatively",
+                        title_justify="left")
+    for column in ("model", "rate", "charged", "why"):
+        unconfirmed.add_column(column, overflow="fold",
+                               justify="right" if column == "charged" else "left")
+    for price in rows:
+        for key, why in price.unconfirmed.items():
+            unconfirmed.add_row(price.model, key, shown(price, key), why)
+    if unconfirmed.row_count:
+        console.print(unconfirmed)
+    else:
+        console.print("No unconfirmed rates: every rate shown has a public source.")
+    derived = Table(title="Rates lanewise derived or added, by a published rule",
+                    title_justify="left")
+    for column in ("model", "rate", "charged", "rule"):
+        derived.add_column(column, overflow="fold",
+                           justify="right" if column == "charged" else "left")
+    for price in rows:
+        for key, rule in price.derived.items():
+            derived.add_row(price.model, key, shown(price, key), rule)
+    if derived.row_count:
+        console.print(derived)
+
+
+@cli.command()
+@click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Reconcile this UTC day [default: yesterday].")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Reconcile every UTC day from this one to today.")
+@click.option("--provider", type=click.Choice(["openai", "anthropic"]), default=None,
+              help="Only this provider [default: both; one without an admin key is skipped "
+              "if the ledger holds none of its costs].")
+@click.option("--tolerance", default=None, metavar="USD",
+              help="Largest difference accepted per day, model and lane "
+              "[default: LANEWISE_RECONCILE_TOLERANCE_USD, 0.01].")
+def reconcile(day, since, provider: str | None, tolerance: str | None) -> None:
+    """Compare the ledger's costs with the provider's own cost report.
+
+    Reads OpenAI's organization costs API and Anthropic's cost report with an admin
+    key (LANEWISE_OPENAI_ADMIN_KEY / LANEWISE_ANTHROPIC_ADMIN_KEY, or a
+    lanewise-provider-admin-key block; the emulator's reports when the lane runs on the
+    emulator), compares per UTC day, model and lane, and exits non-zero when any
+    difference exceeds the tolerance.
+    """
+    from decimal import Decimal, InvalidOperation
+
+    from lanewise.errors import ReconciliationError
+    from lanewise.reconcile import period
+    from lanewise.reconcile import reconcile as reconcile_costs
+
+    try:
+        limit = None if tolerance is None else Decimal(tolerance)
+    except InvalidOperation:
+        raise click.BadParameter(f"{tolerance!r} is not an amount of USD",
+                                 param_hint="--tolerance") from None
+    if limit is not None and limit < 0:
+        raise click.BadParameter("must not be negative", param_hint="--tolerance")
+    if day is not None and since is not None:
+        raise click.UsageError("--date and --since exclude each other")
+    start, end = period(day.date() if day else None, since.date() if since else None)
+    report = reconcile_costs(start, end, provider=provider, tolerance_usd=limit)
+    console.print(report.table())
+    for note in report.notes():
+        console.print(f"[dim]{note}[/]")
+    if report.mismatches:
+        raise ReconciliationError(report.message())
+    console.print(f"[green]{report.message()}[/]")
 
 
 def main() -> None:

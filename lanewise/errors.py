@@ -8,10 +8,15 @@ The hierarchy::
     ├── InputError                    an input row or file is unusable (names row and field)
     ├── ProviderError                 a provider call failed (adapters translate SDK errors)
     │   ├── TransientProviderError    worth retrying: 429, 5xx, 529, timeouts, connection drops
-    │   └── PermanentProviderError    not worth retrying: 4xx other than 408/409/429
+    │   ├── PermanentProviderError    not worth retrying: 4xx other than 408/409/429
+    │   └── QuotaExhaustedError       the account is out of credit (OpenAI 429
+    │                                 `insufficient_quota`, Anthropic "credit balance is
+    │                                 too low"): never retried, stops the run, fails no item
     ├── BatchError                    a provider batch ended badly as a whole (failed, vanished)
     ├── LedgerError                   the ledger cannot be read or written as expected
-    └── RunBusyError                  another process drives this run key now (names it)
+    ├── RunBusyError                  another process drives this run key now (names it)
+    └── ReconciliationError           the ledger disagrees with the provider's cost report
+                                      by more than the tolerance (`lanewise reconcile`)
 
 Adapters raise only these; the CLI turns them into one-line messages at its boundary.
 """
@@ -80,3 +85,43 @@ class LedgerError(LanewiseError):
 
 class RunBusyError(LanewiseError):
     """Another live process holds the run key's lease; this one created nothing."""
+
+
+class QuotaExhaustedError(ProviderError):
+    """The provider account is out of credit: no retry helps until someone tops it up.
+
+    Not a TransientProviderError (neither the SDK, nor Prefect, nor the runner retries
+    it) and not an item failure: the run stops where it is, and rerunning its run key
+    after topping up resumes it. `run_key` is filled in by the step that knows it.
+    """
+
+    def __init__(self, provider: str, run_key: str | None = None, *,
+                 detail: str | None = None, status_code: int | None = None) -> None:
+        rerun = f"rerun {run_key}" if run_key else "rerun the run"
+        super().__init__(
+            f"the {provider} account is out of credit (insufficient_quota): top up, then "
+            f"{rerun} to resume; nothing was marked failed", status_code=status_code)
+        self.provider = provider
+        self.run_key = run_key
+        self.detail = detail
+
+    def for_run(self, run_key: str) -> QuotaExhaustedError:
+        """The same error, naming the run key to rerun."""
+        if self.run_key == run_key:
+            return self
+        return QuotaExhaustedError(self.provider, run_key, detail=self.detail,
+                                   status_code=self.status_code)
+
+    def __reduce__(self) -> tuple:
+        # Prefect hands a task's exception back to the flow, possibly pickled.
+        return (_rebuild_quota_error, (self.provider, self.run_key, self.detail,
+                                       self.status_code))
+
+
+def _rebuild_quota_error(provider: str, run_key: str | None, detail: str | None,
+                         status_code: int | None) -> QuotaExhaustedError:
+    return QuotaExhaustedError(provider, run_key, detail=detail, status_code=status_code)
+
+
+class ReconciliationError(LanewiseError):
+    """The ledger's costs differ from the provider's cost report beyond the tolerance."""

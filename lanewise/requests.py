@@ -9,7 +9,13 @@ from typing import Any
 
 from lanewise.catalog import TaskSpec
 from lanewise.inputs import InputRow
-from lanewise.tokens import CHARS_PER_TOKEN, count_prompt_tokens
+from lanewise.pricing import Usage
+from lanewise.tokens import (
+    CHARS_PER_TOKEN,
+    count_prompt_tokens,
+    reasoning_budget_tokens,
+    tool_use_system_tokens,
+)
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]{0,47}$")
 MAX_KEY_BYTES = 1000  # keys go into a unique index (PostgreSQL refuses entries over ~2.7 kB)
@@ -109,9 +115,33 @@ def prepare(task: TaskSpec, row: InputRow) -> PreparedRequest | RowRejection:
 
 
 def estimate_tokens(task: TaskSpec, system: str | None, messages: list[dict[str, Any]]) -> int:
-    """Estimated input tokens of one of the task's requests (its output schema included)."""
+    """Estimated input tokens of one of the task's requests, as the provider bills them:
+    its output schema included, and for an Anthropic JSON task (a forced tool call) the
+    tool-use system prompt Anthropic adds."""
     schema = task.output.json_schema if task.output.type == "json" else None
-    return count_prompt_tokens(messages, system=system, schema=schema)
+    tokens = count_prompt_tokens(messages, system=system, schema=schema)
+    if task.provider == "anthropic" and task.output.type == "json":
+        tokens += tool_use_system_tokens(task.model, "tool")
+    return tokens
+
+
+def estimate_output_tokens(task: TaskSpec) -> tuple[int, int]:
+    """(output tokens, of which reasoning) to budget for one request of the task.
+
+    The visible answer is budgeted at its cap (`max_output_tokens`); a reasoning model
+    (gpt-5 family) also spends reasoning tokens, billed as output, budgeted at the
+    same cap again.
+    """
+    reasoning = reasoning_budget_tokens(task.model, task.max_output_tokens)
+    return task.max_output_tokens + reasoning, reasoning
+
+
+def estimated_usage(task: TaskSpec, input_tokens: int, requests: int = 1) -> Usage:
+    """The usage `requests` requests of the task are budgeted to bill, from their
+    estimated input tokens (cache hits ignored, so a cost estimate is never low)."""
+    output, reasoning = estimate_output_tokens(task)
+    return Usage(input_tokens=input_tokens, output_tokens=output * requests,
+                 reasoning_tokens=reasoning * requests)
 
 
 def _render(task: TaskSpec, cells: dict[str, str]) -> tuple[str | None, list[dict], int]:

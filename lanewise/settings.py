@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,6 +94,40 @@ class Settings(BaseSettings):
         default=None,
         description="Anthropic key (local fallback; prefer a Prefect block). Also read from "
         "ANTHROPIC_API_KEY.",
+    )
+    openai_admin_key: SecretStr | None = Field(
+        default=None,
+        description="OpenAI admin key (sk-admin-...) for `lanewise reconcile`, which reads "
+        "the organization costs API (prefer a Prefect block). Also read from "
+        "OPENAI_ADMIN_KEY.",
+    )
+    anthropic_admin_key: SecretStr | None = Field(
+        default=None,
+        description="Anthropic admin key (sk-ant-admin...) for `lanewise reconcile`, which "
+        "reads the cost report (prefer a Prefect block). Also read from ANTHROPIC_ADMIN_KEY.",
+    )
+    openai_admin_key_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-provider-admin-key` block for OpenAI.",
+    )
+    anthropic_admin_key_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-provider-admin-key` block for Anthropic.",
+    )
+    openai_cost_project_id: str | None = Field(
+        default=None,
+        description="Reconcile only this OpenAI project's costs (the project lanewise's "
+        "API key belongs to); unset: the whole organization's.",
+    )
+    anthropic_cost_workspace_id: str | None = Field(
+        default=None,
+        description="Reconcile only this Anthropic workspace's costs (`default` for the "
+        "default workspace); unset: the whole organization's.",
+    )
+    reconcile_tolerance_usd: Decimal = Field(
+        default=Decimal("0.01"), ge=0,
+        description="`lanewise reconcile` fails when the ledger and the provider's cost "
+        "report differ by more than this many USD on any day, model and lane.",
     )
 
     @property

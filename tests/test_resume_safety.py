@@ -4,6 +4,7 @@ repairs of old ledgers, inputs that can be corrected, and concurrent migrations.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from lanewise.batch.runner import run_batch_lane
 from lanewise.batch.steps import submit_shard
 from lanewise.errors import InputError, RunBusyError
 from lanewise.ledger import Ledger
-from lanewise.ledger.lease import RunLease, holder_is_dead
+from lanewise.ledger.lease import RunLease, _namespace, _process_start, holder_is_dead
 from lanewise.ledger.schema import items, shards
 from tests.lane_helpers import batches_created, billed_for, make_context, sample_input
 from tests.test_batch_lane import check_run
@@ -25,6 +26,8 @@ def test_submit_record_moves_shard_and_items_in_one_transaction(emulator, tmp_pa
     ctx = make_context("ticket-tagging", emulator, tmp_path)
     run_id = open_run(ctx, "tagging:atomic", sample_input(tmp_path, rows=20))
     shard = ctx.ledger.shards(run_id)[0]
+    with RunLease(ctx.ledger, "tagging:atomic", ttl=30) as lease:
+        assert ctx.ledger.claim_shard(shard["id"], "planned", "tagging:atomic", lease.holder)
     calls = []
 
     def failing_second_statement(conn, cursor, statement, *args):
@@ -41,7 +44,7 @@ def test_submit_record_moves_shard_and_items_in_one_transaction(emulator, tmp_pa
     finally:
         sa.event.remove(ctx.ledger.engine, "before_cursor_execute", failing_second_statement)
     after = ctx.ledger.shard(shard["id"])
-    assert after["status"] == "planned" and after["provider_batch_id"] is None  # rolled back
+    assert after["status"] == "submitting" and after["provider_batch_id"] is None  # rolled back
     assert any("UPDATE shards" in c for c in calls)
 
 
@@ -80,9 +83,23 @@ def test_a_lapsed_or_dead_holders_lease_is_taken_over(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    ledger.try_lease("k", f"host:{gone.pid}:1:aa", __import__("socket").gethostname(),
-                     gone.pid, 30, lambda lease: False)
+    host = socket.gethostname()
+    ledger.try_lease("k", f"{host}:{gone.pid}:1:{_namespace()}:aa", host, gone.pid, 30,
+                     lambda lease: False)
     assert holder_is_dead(ledger.lease("k"))
+    # The same pid seen from another PID namespace (another container with the same
+    # hostname) says nothing about that process: its lease must lapse.
+    assert not holder_is_dead({**ledger.lease("k"),
+                               "holder": f"{host}:{gone.pid}:1:other-ns:aa"})
+    me = {"host": host, "pid": os.getpid(),
+          "holder": f"{host}:{os.getpid()}:{_process_start(os.getpid())}:{_namespace()}:x"}
+    assert not holder_is_dead(me)  # alive
+    assert holder_is_dead({**me, "holder": f"{host}:{os.getpid()}:1:{_namespace()}:x"})
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    time.sleep(0.5)  # exited, not yet reaped: a zombie
+    assert holder_is_dead({"host": host, "pid": zombie.pid,
+                           "holder": f"{host}:{zombie.pid}:1:{_namespace()}:z"})
+    zombie.wait()
     with RunLease(ledger, "k", ttl=30) as lease:  # dead holder on this host: at once
         assert ledger.lease("k")["holder"] == lease.holder
     ledger.try_lease("k2", "elsewhere:1:1:bb", "another-host", 1, 0.2, lambda lease: False)
@@ -115,6 +132,48 @@ def test_the_intent_needs_the_lease(emulator, tmp_path):
         assert not ctx.ledger.claim_shard(shard["id"], "planned", "tagging:fenced",
                                           lease.holder)  # a compare-and-set: once
     assert ctx.ledger.shard(shard["id"])["status"] == "submitting"
+
+
+def test_a_lost_or_stale_lease_stops_the_driver(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    lease = RunLease(ledger, "k", ttl=30).acquire()
+    lease.ensure()
+    ledger.release_lease("k", lease.holder)  # taken from under it
+    ledger.try_lease("k", "elsewhere:1:1:ns:bb", "another-host", 1, 30, lambda lease: False)
+    assert not ledger.renew_lease("k", lease.holder, 30)
+    lease.lost.set()  # what the heartbeat does when its renewal fails
+    with pytest.raises(RunBusyError, match="lost the lease of run k"):
+        lease.ensure()
+    lease.release()
+    quiet = RunLease(ledger, "k3", ttl=30).acquire()
+    quiet.renewed_at -= 28  # no successful renewal for nearly a lease length
+    with pytest.raises(RunBusyError, match="was not renewed"):
+        quiet.ensure()
+    quiet.release()
+
+
+def test_a_batch_recorded_by_another_process_is_not_overwritten(emulator, tmp_path):
+    """A driver whose lease lapsed between its intent and its create: its batch is
+    cancelled, the recorded one stays, and only one is paid."""
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    run_id = open_run(ctx, "tagging:late", sample_input(tmp_path, rows=10))
+    shard = ctx.ledger.shards(run_id)[0]
+    with RunLease(ctx.ledger, "tagging:late", ttl=30) as lease:
+        assert ctx.ledger.claim_shard(shard["id"], "planned", "tagging:late", lease.holder)
+        assert ctx.ledger.record_submitted(shard["id"], "batch_first")
+        assert not ctx.ledger.record_submitted(shard["id"], "batch_second")
+    assert ctx.ledger.shard(shard["id"])["provider_batch_id"] == "batch_first"
+
+
+def test_a_nul_in_an_answer_is_stored_on_every_ledger(emulator, tmp_path, ledger_url):
+    """PostgreSQL refuses NUL in text: it would fail the shard's collect on every rerun."""
+    csv_path = tmp_path / "nul.csv"
+    csv_path.write_bytes(b"ticket_id,subject,body\nN1,Hi,Hello\x00world my export fails.\n"
+                         b"N2,Hi,Login fails\n")
+    ctx = make_context("ticket-summary", emulator, tmp_path, ledger_url)
+    summary = run_batch_lane(ctx, f"summary:nul:{ctx.ledger.dialect}", str(csv_path))
+    assert summary.counts == {"succeeded": 2}
+    assert summary.cost_usd == billed_for(emulator, summary.batch_ids)
 
 
 def test_a_mistyped_input_does_not_lock_the_run_key(emulator, tmp_path):

@@ -20,15 +20,18 @@ from lanewise.batch.progress import PrefectProgress, artifact_key
 from lanewise.batch.results import RunSummary
 from lanewise.batch.runner import finish_run, next_shards, run_batch_lane
 from lanewise.batch.steps import await_shard, collect_shard, submit_shard
-from lanewise.errors import TransientProviderError
+from lanewise.errors import QuotaExhaustedError, TransientProviderError
 
 RETRY_DELAYS = [5, 30, 120]
 
 
 def _transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Retry a step only for failures worth retrying (rate limits, 5xx, network)."""
+    """Retry a step only for failures worth retrying (rate limits, 5xx, network); never
+    an account out of credit (QuotaExhaustedError), which stops the run instead."""
     try:
         state.result()
+    except QuotaExhaustedError:
+        return False
     except (TransientProviderError, ConnectionError, TimeoutError):
         return True
     except Exception:  # noqa: BLE001 - anything else is not worth a retry

@@ -16,7 +16,7 @@ from lanewise.batch.context import DateWindow, LaneContext
 from lanewise.batch.planning import open_run, plan_retries
 from lanewise.batch.results import RunSummary, summarize, write_results
 from lanewise.batch.steps import await_shard, collect_shard, submit_shard
-from lanewise.errors import BatchError
+from lanewise.errors import BatchError, QuotaExhaustedError
 from lanewise.ledger.lease import RunLease
 from lanewise.ledger.schema import TERMINAL_ITEM_STATES
 
@@ -89,27 +89,41 @@ def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
         ctx.lease = lease
         try:
             return _drive(ctx, steps, run_key, input_url, window)
+        except QuotaExhaustedError as exc:
+            # Out of credit: stop the run as it stands (nothing failed); the message
+            # names the run key whose rerun resumes it.
+            named = exc.for_run(run_key)
+            if named is exc:
+                raise
+            raise named from exc
         finally:
             ctx.lease = None
 
 
 def _drive(ctx: LaneContext, steps: Steps, run_key: str, input_url: str,
            window: DateWindow | None) -> RunSummary:
+    # Before every step: stop if this process no longer surely holds the run's lease.
+    still_driving = ctx.lease.ensure if ctx.lease is not None else (lambda: None)
     run_id = steps.plan(run_key, input_url, window)
     _report(ctx, run_id)
     for _ in range(MAX_ROUNDS):
+        still_driving()
         shard_ids = steps.next_shards(run_id, run_key)
         if not shard_ids:
             break
         for wave in waves(ctx, shard_ids):
             for shard_id in wave:
+                still_driving()
                 steps.submit(shard_id)
             for shard_id in wave:
+                still_driving()
                 steps.await_(shard_id)
+                still_driving()
                 steps.collect(shard_id)
                 _report(ctx, run_id)
     else:
         raise BatchError(f"run {run_key} did not settle after {MAX_ROUNDS} rounds")
+    still_driving()
     return steps.finish(run_id)
 
 

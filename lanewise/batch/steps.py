@@ -16,7 +16,12 @@ from typing import Any
 import jsonschema
 
 from lanewise.batch.context import LaneContext
-from lanewise.errors import BatchError, RunBusyError, TransientProviderError
+from lanewise.errors import (
+    BatchError,
+    QuotaExhaustedError,
+    RunBusyError,
+    TransientProviderError,
+)
 from lanewise.ledger.lease import RunLease
 from lanewise.memo import per_object
 from lanewise.pricing import Lane, to_picodollars
@@ -26,11 +31,25 @@ MAX_CONSECUTIVE_POLL_ERRORS = 10
 
 
 def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
-    """Create the shard's provider batch unless it exists; returns the batch id."""
+    """Create the shard's provider batch unless it exists; returns the batch id.
+
+    An account out of credit (QuotaExhaustedError) stops here, naming the run key to
+    rerun; the shard is left so that the rerun creates its batch.
+    """
     shard = ctx.ledger.shard(shard_id)
     if shard["status"] not in ("planned", "submitting"):
         return shard["provider_batch_id"]
     run_key = ctx.ledger.run(shard["run_id"])["run_key"]
+    try:
+        return _submit(ctx, shard_id, run_key)
+    except QuotaExhaustedError as exc:
+        named = exc.for_run(run_key)
+        if named is exc:
+            raise
+        raise named from exc
+
+
+def _submit(ctx: LaneContext, shard_id: int, run_key: str) -> str | None:
     with _driving(ctx, run_key) as lease:
         shard = ctx.ledger.shard(shard_id)  # again, now that this process drives the run
         if shard["status"] not in ("planned", "submitting"):
@@ -40,7 +59,7 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
                                            shard["intent_at"], ctx.ledger.claimed_batch_ids())
             if found is not None:
                 ctx.ledger.record_submitted(shard_id, found)
-                return found
+                return ctx.ledger.shard(shard_id)["provider_batch_id"]
         # Nobody pays twice: the intent is a compare-and-set under the run's lease, so
         # no second process can create this shard's batch in parallel.
         if not ctx.ledger.claim_shard(shard_id, shard["status"], run_key, lease.holder):
@@ -48,10 +67,22 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
                                f"or this process lost the lease of run {run_key}; "
                                "it created nothing")
         ctx.crash_hook("after_intent")
-        with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
-            batch_id = ctx.adapter.submit(handle, shard["shard_key"], ctx.task.model)
+        try:
+            with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
+                batch_id = ctx.adapter.submit(handle, shard["shard_key"], ctx.task.model)
+        except QuotaExhaustedError:
+            # The provider refused the create (out of credit): no batch exists, so the
+            # shard goes back to `planned` and a rerun creates it without searching.
+            ctx.ledger.set_shard(shard_id, status="planned", intent_at=None)
+            raise
         ctx.crash_hook("after_create")
-        ctx.ledger.record_submitted(shard_id, batch_id)
+        if not ctx.ledger.record_submitted(shard_id, batch_id):
+            # Another process recorded a batch for this shard while this one was
+            # creating (its lease lapsed in between): cancel ours, so only one is paid.
+            ctx.adapter.cancel(batch_id)
+            raise RunBusyError(f"shard {shard['shard_key']} got a batch from another "
+                               f"process while this one created {batch_id}; cancelled "
+                               f"{batch_id} and stopped")
         ctx.crash_hook("after_record")
         return batch_id
 
@@ -60,6 +91,7 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
 def _driving(ctx: LaneContext, run_key: str) -> Iterator[RunLease]:
     """The run's lease: the one this process holds, or one taken for this step."""
     if ctx.lease is not None and ctx.lease.run_key == run_key:
+        ctx.lease.ensure()  # fence: a lapsed or taken-over lease stops the step here
         yield ctx.lease
         return
     with RunLease(ctx.ledger, run_key, ttl=ctx.settings.lease_seconds,
@@ -170,7 +202,9 @@ def outcome_update(ctx: LaneContext, outcome: ItemOutcome, attempt: int) -> dict
         "input_tokens": usage.input_tokens,
         "cached_input_tokens": usage.cached_input_tokens,
         "cache_write_tokens": usage.cache_write_tokens,
+        "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         "output_tokens": usage.output_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
         "cost_picodollars": to_picodollars(
             ctx.prices.cost_usd(ctx.task.model, usage, Lane.BATCH)),
         "live_cost_picodollars": to_picodollars(
@@ -180,8 +214,8 @@ def outcome_update(ctx: LaneContext, outcome: ItemOutcome, attempt: int) -> dict
 
 def _zero_usage() -> dict[str, Any]:
     return {"output_text": None, "input_tokens": 0, "cached_input_tokens": 0,
-            "cache_write_tokens": 0, "output_tokens": 0, "cost_picodollars": 0,
-            "live_cost_picodollars": 0}
+            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": 0,
+            "reasoning_tokens": 0, "cost_picodollars": 0, "live_cost_picodollars": 0}
 
 
 def collect_shard(ctx: LaneContext, shard_id: int) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, model_validator
 
-from lanewise.emulator import anthropic_routes, openai_routes
+from lanewise.emulator import anthropic_routes, cost_reports, openai_routes
 from lanewise.emulator.config import Faults, Timing
 from lanewise.emulator.http_errors import auth_failure
 from lanewise.emulator.state import EmulatorState, ScriptedFault
@@ -19,12 +19,19 @@ CONTROL_PREFIX = "/_emulator"
 
 
 class ScriptedFaultIn(BaseModel):
-    """Body of POST /_emulator/faults/next."""
+    """Body of POST /_emulator/faults/next: a `status`, or a `kind` of fault."""
 
-    status: int
+    status: int | None = None
     count: int = 1
-    provider: str | None = None
+    provider: Literal["openai", "anthropic"] | None = None
     retry_after: float | None = None
+    kind: Literal["insufficient_quota"] | None = None
+
+    @model_validator(mode="after")
+    def _status_or_kind(self) -> ScriptedFaultIn:
+        if self.status is None and self.kind is None:
+            raise ValueError("give a status or a kind")
+        return self
 
 
 def create_app(state: EmulatorState) -> FastAPI:
@@ -43,6 +50,7 @@ def create_app(state: EmulatorState) -> FastAPI:
 
     app.include_router(openai_routes.build_router(state))
     app.include_router(anthropic_routes.build_router(state))
+    app.include_router(cost_reports.build_router(state))
 
     @app.get(f"{CONTROL_PREFIX}/health")
     def health() -> dict[str, Any]:
@@ -83,17 +91,25 @@ def create_app(state: EmulatorState) -> FastAPI:
 
     @app.get(f"{CONTROL_PREFIX}/billing")
     def billing(provider: str | None = None, lane: str | None = None,
-                batch_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+                batch_id: str | None = None, model: str | None = None,
+                since: float | None = None, until: float | None = None) -> dict[str, Any]:
         return state.billing.summary(provider=provider, lane=lane, batch_id=batch_id,
-                                     model=model)
+                                     model=model, since=since, until=until)
 
     @app.get(f"{CONTROL_PREFIX}/billing/records")
     def billing_records(provider: str | None = None, lane: str | None = None,
-                        batch_id: str | None = None, model: str | None = None) -> Any:
+                        batch_id: str | None = None, model: str | None = None,
+                        since: float | None = None, until: float | None = None) -> Any:
         rows = state.billing.records(provider=provider, lane=lane, batch_id=batch_id,
-                                     model=model)
+                                     model=model, since=since, until=until)
         lines = (json.dumps(row) + "\n" for row in rows)
         return StreamingResponse(lines, media_type="application/x-jsonl")
+
+    @app.get(f"{CONTROL_PREFIX}/billing/by-day")
+    def billing_by_day(provider: str | None = None, since_day: str | None = None,
+                       until_day: str | None = None) -> dict[str, Any]:
+        return {"data": state.billing.by_day(provider=provider, since_day=since_day,
+                                             until_day=until_day)}
 
     @app.delete(f"{CONTROL_PREFIX}/billing")
     def clear_billing() -> dict[str, Any]:

@@ -172,19 +172,21 @@ class Ledger:
         """
         base = {"run_id": run_id, "attempt": 0, "excerpted": False, "input_tokens": 0,
                 "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
-                "cost_picodollars": 0, "live_cost_picodollars": 0, "shard_id": None,
-                "custom_id": None, "error_field": None, "error_reason": None,
-                "output_text": None, "dedup_key": None}
+                "cache_write_1h_tokens": 0, "reasoning_tokens": 0, "cost_picodollars": 0,
+                "live_cost_picodollars": 0, "shard_id": None, "custom_id": None,
+                "error_field": None, "error_reason": None, "output_text": None,
+                "dedup_key": None}
         inserted: dict[int, int] = {}
         with self._write() as conn:
             if accepted:
                 statement = _insert(self.dialect, items).on_conflict_do_nothing().returning(
                     items.c.row_number, items.c.id)
                 for start in range(0, len(accepted), CHUNK):
-                    chunk = [{**base, **row} for row in accepted[start : start + CHUNK]]
+                    chunk = _storable([{**base, **row}
+                                       for row in accepted[start : start + CHUNK]])
                     inserted.update(tuple(r) for r in conn.execute(statement, chunk).all())
             if rejected:
-                conn.execute(items.insert(), [{**base, **row} for row in rejected])
+                conn.execute(items.insert(), _storable([{**base, **row} for row in rejected]))
         return inserted
 
     def update_items(self, updates: list[dict[str, Any]], *,
@@ -211,7 +213,7 @@ class Ledger:
             statement = items.update().where(*condition).values(
                 {c: sa.bindparam(c) for c in columns})
             for start in range(0, len(group), CHUNK):
-                result = conn.execute(statement, group[start : start + CHUNK])
+                result = conn.execute(statement, _storable(group[start : start + CHUNK]))
                 changed += max(result.rowcount, 0)
         return changed
 
@@ -268,7 +270,8 @@ class Ledger:
         """Summed tokens and costs of a run (or one shard's items)."""
         sums = [sa.func.coalesce(sa.func.sum(items.c[c]), 0).label(c) for c in (
             "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-            "cost_picodollars", "live_cost_picodollars")]
+            "cache_write_1h_tokens", "reasoning_tokens", "cost_picodollars",
+            "live_cost_picodollars")]
         query = sa.select(*sums).where(items.c.run_id == run_id)
         if shard_id is not None:
             query = query.where(items.c.shard_id == shard_id)
@@ -345,18 +348,25 @@ class Ledger:
             ).values(status="submitting", intent_at=now))
             return result.rowcount == 1
 
-    def record_submitted(self, shard_id: int, batch_id: str) -> None:
+    def record_submitted(self, shard_id: int, batch_id: str) -> bool:
         """Record a shard's provider batch id and move its items to `submitted`.
 
         One transaction: a crash can never leave a submitted shard whose items are
-        still `queued` (collection reads the items by the shard's state).
+        still `queued` (collection reads the items by the shard's state). A
+        compare-and-set on `submitting` with no batch id: False (nothing changed) when
+        another process already recorded a batch for this shard.
         """
         with self._write() as conn:
-            conn.execute(shards.update().where(shards.c.id == shard_id).values(
-                status="submitted", provider_batch_id=batch_id, submitted_at=time.time()))
+            result = conn.execute(shards.update().where(
+                shards.c.id == shard_id, shards.c.status == "submitting",
+                shards.c.provider_batch_id.is_(None),
+            ).values(status="submitted", provider_batch_id=batch_id, submitted_at=time.time()))
+            if result.rowcount != 1:
+                return False
             conn.execute(items.update().where(items.c.shard_id == shard_id,
                                               items.c.status == "queued")
                          .values(status="submitted"))
+        return True
 
     def repair_shard_items(self, shard_id: int) -> int:
         """Items of a shard with a provider batch that are still `queued` become
@@ -434,8 +444,10 @@ class Ledger:
                 run_leases.c.run_key == run_key,
                 run_leases.c.holder == lease["holder"]).values(**values))
             if result.rowcount != 1:
-                return dict(conn.execute(sa.select(run_leases).where(
-                    run_leases.c.run_key == run_key)).mappings().one())
+                now_held = conn.execute(sa.select(run_leases).where(
+                    run_leases.c.run_key == run_key)).mappings().first()
+                # Released in between: busy for this attempt, free for the next one.
+                return dict(now_held) if now_held else {**lease, "expires_at": now}
         return None
 
     def renew_lease(self, run_key: str, holder: str, ttl: float) -> bool:
@@ -471,6 +483,20 @@ class Ledger:
             return conn.execute(sa.select(sa.func.count()).select_from(items).where(
                 items.c.run_id == run_id, items.c.status.not_in(TERMINAL_ITEM_STATES))
             ).scalar_one()
+
+
+def _storable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose text PostgreSQL can store: a NUL character (in an answer that echoes
+    its input, say) becomes U+FFFD; otherwise the whole chunk would be refused on every
+    rerun and its items never settle."""
+    cleaned = rows
+    for index, row in enumerate(rows):
+        if any(isinstance(v, str) and "\x00" in v for v in row.values()):
+            if cleaned is rows:
+                cleaned = list(rows)
+            cleaned[index] = {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+                              for k, v in row.items()}
+    return cleaned
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

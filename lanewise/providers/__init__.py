@@ -13,13 +13,13 @@ import threading
 from dataclasses import dataclass
 
 import anthropic
-import openai
 from pydantic import SecretStr
 
 from lanewise.errors import ConfigurationError, MissingCredentialsError
 from lanewise.providers.anthropic_adapter import AnthropicAdapter
 from lanewise.providers.base import ProviderAdapter
 from lanewise.providers.openai_adapter import OpenAIAdapter
+from lanewise.providers.sdk_errors import QuotaAwareOpenAI
 from lanewise.settings import Settings, get_settings
 
 ADAPTERS: dict[str, type[ProviderAdapter]] = {"openai": OpenAIAdapter,
@@ -86,7 +86,7 @@ def get_adapter(provider: str, settings: Settings | None = None) -> ProviderAdap
     creds = resolve_credentials(provider, settings)
     secret = creds.api_key.get_secret_value()
     if provider == "openai":
-        return OpenAIAdapter(openai.OpenAI(api_key=secret, base_url=creds.base_url,
-                                           max_retries=3))
+        return OpenAIAdapter(QuotaAwareOpenAI(api_key=secret, base_url=creds.base_url,
+                                              max_retries=3))
     return AnthropicAdapter(anthropic.Anthropic(api_key=secret, base_url=creds.base_url,
                                                 max_retries=3))

@@ -12,7 +12,7 @@ from lanewise.catalog import TaskSpec
 from lanewise.errors import BatchError
 from lanewise.pricing import Usage
 from lanewise.providers.base import BatchLimits, BatchState, ItemOutcome, ProviderAdapter
-from lanewise.providers.sdk_errors import translated
+from lanewise.providers.sdk_errors import is_quota_error, translated
 from lanewise.requests import PreparedRequest
 
 OUTPUT_TOOL = "record_output"
@@ -53,7 +53,11 @@ class AnthropicAdapter(ProviderAdapter):
         """Create the Message Batch from the shard's JSONL lines."""
         requests = [json.loads(raw) for raw in jsonl_handle if raw.strip()]
         with translated(self.name, "create message batch"):
-            batch = self.client.messages.batches.create(requests=requests)
+            # No SDK retry: a retried create after a lost response would be a second
+            # paid batch. A failure goes back to the step, whose rerun looks for the
+            # batch first (find_batch) and only then creates again.
+            batch = self.client.with_options(max_retries=0).messages.batches.create(
+                requests=requests)
         return batch.id
 
     def find_batch(self, shard_key: str, custom_ids: set[str], created_after: float,
@@ -121,9 +125,11 @@ class AnthropicAdapter(ProviderAdapter):
         if kind == "errored":
             error = (result.get("error") or {}).get("error") or {}
             error_type = error.get("type") or "error"
+            # Out of credit is worth a rerun once topped up, not a bad request.
             return ItemOutcome(custom_id, False, error_kind=error_type,
                                error_message=error.get("message"),
-                               retryable=error_type in RETRYABLE_ERRORS)
+                               retryable=error_type in RETRYABLE_ERRORS
+                               or is_quota_error("anthropic", None, error))
         return ItemOutcome(custom_id, False, error_kind=f"batch_{kind}",
                            error_message=f"request {kind} before it ran", retryable=True)
 

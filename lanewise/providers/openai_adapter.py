@@ -9,6 +9,7 @@ from typing import IO, Any
 import openai
 
 from lanewise.catalog import TaskSpec
+from lanewise.errors import ProviderError
 from lanewise.pricing import Usage
 from lanewise.providers.base import (
     BatchLimits,
@@ -16,7 +17,12 @@ from lanewise.providers.base import (
     ItemOutcome,
     ProviderAdapter,
 )
-from lanewise.providers.sdk_errors import is_retryable_status, translated
+from lanewise.providers.sdk_errors import (
+    OPENAI_QUOTA_CODE,
+    is_quota_error,
+    is_retryable_status,
+    translated,
+)
 from lanewise.requests import PreparedRequest
 
 ENDPOINT = "/v1/chat/completions"
@@ -58,7 +64,10 @@ class OpenAIAdapter(ProviderAdapter):
             upload = self.client.files.create(file=(f"{shard_key}.jsonl", jsonl_handle),
                                               purpose="batch")
         with translated(self.name, "create batch"):
-            batch = self.client.batches.create(
+            # No SDK retry: a retried create after a lost response would be a second
+            # paid batch. A failure goes back to the step, whose rerun finds the batch
+            # by its shard metadata before it creates again.
+            batch = self.client.with_options(max_retries=0).batches.create(
                 input_file_id=upload.id, endpoint=ENDPOINT, completion_window="24h",
                 metadata={SHARD_METADATA_KEY: shard_key})
         return batch.id
@@ -122,6 +131,9 @@ class OpenAIAdapter(ProviderAdapter):
         body = response.get("body") or {}
         if status != 200:
             error = body.get("error") or {}
+            if is_quota_error("openai", status, error):  # out of credit: worth a rerun
+                return ItemOutcome(custom_id, False, error_kind=OPENAI_QUOTA_CODE,
+                                   error_message=error.get("message"), retryable=True)
             return ItemOutcome(custom_id, False, error_kind=f"http_{status}",
                                error_message=error.get("message"),
                                retryable=is_retryable_status(status))
@@ -135,9 +147,15 @@ class OpenAIAdapter(ProviderAdapter):
         return ItemOutcome(custom_id, True, text=text, usage=usage)
 
     def cancel(self, batch_id: str) -> None:
-        """Cancel the batch."""
-        with translated(self.name, "cancel batch"):
-            self.client.batches.cancel(batch_id)
+        """Cancel the batch; a batch that already ended (409) is left as it is."""
+        try:
+            with translated(self.name, "cancel batch"):
+                # 409 "Cannot cancel a batch with status 'completed'" is final: the SDK
+                # would retry it, so no SDK retries here.
+                self.client.with_options(max_retries=0).batches.cancel(batch_id)
+        except ProviderError as exc:
+            if exc.status_code != 409:
+                raise
 
     def live(self, body: dict[str, Any]) -> ItemOutcome:
         """One chat completion."""

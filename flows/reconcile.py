@@ -1,0 +1,20 @@
+"""The daily cost reconciliation flow. Thin: it only wires lanewise.reconcile."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+from prefect import flow
+
+from lanewise.reconcile.flow import reconcile_in_prefect
+
+
+@flow(name="reconcile", log_prints=True)
+def reconcile_costs(day: date | None = None, since: date | None = None,
+                    provider: str | None = None, tolerance_usd: float | None = None) -> dict:
+    """Compare the ledger with the providers' cost reports for one UTC day (yesterday by
+    default) or every day since `since`; publish the comparison as artifacts
+    (`lanewise-reconcile`, `lanewise-reconcile-summary`) and fail on a mismatch."""
+    tolerance = None if tolerance_usd is None else Decimal(str(tolerance_usd))
+    return reconcile_in_prefect(day, since, provider, tolerance)
