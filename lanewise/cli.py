@@ -227,26 +227,29 @@ def prices(models: tuple[str, ...], table_path: Path | None) -> None:
             return "-"
         return f"{per_million(value):f}" + ("*" if key in price.unconfirmed else "")
 
-    rates = Table(title=f"Prices from {table_path} (USD per million tokens; * unconfirmed)",
-                  title_justify="left")
-    for column in ("model", "provider"):
-        rates.add_column(column)
+    console.print(f"Prices from {table_path}, USD per million tokens (* unconfirmed: "
+                  "charged conservatively, see below)")
     labels = ("input", "output", "cached", "write 5m", "write 1h")
-    for prefix in ("", "batch "):
+    for lane, lane_keys in (("Live (standard API)", LIVE_KEYS), ("Batch API", BATCH_KEYS)):
+        rates = Table(title=lane, title_justify="left")
+        rates.add_column("model", no_wrap=True)
         for label in labels:
-            rates.add_column(prefix + label, justify="right")
-    rates.add_column("checked")
-    rates.add_column("source", overflow="fold", max_width=40)
-    keys = [*LIVE_KEYS.values(), *BATCH_KEYS.values()]
+            rates.add_column(label, justify="right")
+        for price in rows:
+            rates.add_row(price.model, *(shown(price, key) for key in lane_keys.values()))
+        console.print(rates)
+    sources = Table(title="Where each model's rates come from", title_justify="left")
+    sources.add_column("model", no_wrap=True)
+    sources.add_column("checked", no_wrap=True)
+    sources.add_column("source", overflow="fold")
     for price in rows:
-        rates.add_row(price.model, price.provider, *(shown(price, key) for key in keys),
-                      price.checked or "-", price.source or "-")
-    console.print(rates)
+        sources.add_row(price.model, price.checked or "-", price.source or "-")
+    console.print(sources)
 
     unconfirmed = Table(title="Unconfirmed rates: no public figure, charged conservatively",
                         title_justify="left")
     for column in ("model", "rate", "charged", "why"):
-        unconfirmed.add_column(column, overflow="fold",
+        unconfirmed.add_column(column, overflow="fold", no_wrap=column == "model",
                                justify="right" if column == "charged" else "left")
     for price in rows:
         for key, why in price.unconfirmed.items():

@@ -466,14 +466,16 @@ def test_prices_command_lists_the_table_and_the_unconfirmed_rates(wide):
 def test_prices_command_for_one_model(wide):
     result = CliRunner().invoke(cli_module.cli, ["prices", "--model", "claude-opus-4-5"])
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.output.splitlines() if "claude-opus-4-5" in line)
-    cells = [c.strip() for c in row.split("│") if c.strip()]
-    assert cells[:12] == ["claude-opus-4-5", "anthropic", "5", "25", "0.5", "6.25", "10",
-                          "2.5", "12.5", "0.25", "3.125", "5"]
+    live, batch = [[c.strip() for c in line.split("│") if c.strip()]
+                   for line in result.output.splitlines()
+                   if line.startswith("│ claude-opus-4-5 ")][:2]  # the live and batch tables
+    assert live == ["claude-opus-4-5", "5", "25", "0.5", "6.25", "10"]
+    assert batch == ["claude-opus-4-5", "2.5", "12.5", "0.25", "3.125", "5"]
     assert "No unconfirmed rates" in result.output
-    row = next(line for line in CliRunner().invoke(
-        cli_module.cli, ["prices", "--model", "gpt-4o"]).output.splitlines() if "gpt-4o " in line)
-    assert "1.25*" in row
+    rows = [line for line in CliRunner().invoke(
+        cli_module.cli, ["prices", "--model", "gpt-4o"]).output.splitlines()
+        if line.startswith("│ gpt-4o ")]
+    assert "1.25*" not in rows[0] and "1.25*" in rows[1]  # live cached confirmed, batch not
 
 
 def test_prices_command_reads_another_table_and_names_a_missing_model(wide, tmp_path):
