@@ -35,7 +35,9 @@ def main() -> int:
     parser.add_argument("--tasks", default="ticket-tagging,ticket-summary")
     parser.add_argument("--ledgers", default="sqlite,postgresql")
     parser.add_argument("--shard-max-requests", type=int, default=5000)
-    parser.add_argument("--batch-seconds", type=float, default=3.0)
+    # Long enough that 16 kills find work left to interrupt: every batch of a run may be
+    # in flight at once (Anthropic has no enqueued-token budget holding shards back).
+    parser.add_argument("--batch-seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--postgres", default=os.environ.get(
         "LANEWISE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))

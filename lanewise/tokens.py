@@ -24,15 +24,25 @@ REQUEST_OVERHEAD_TOKENS = 3
 # tool_choice any or tool), as published in the table "Tool use system prompt token
 # count" of https://platform.claude.com/docs/en/agents-and-tools/tool-use/overview
 # (Pricing). Earlier editions of that page gave the 4.5 models 346 / 313; the current
-# one gives 496 / 588. One table for lanewise's estimates and the emulator's bills.
+# one gives 496 / 588. The emulator keeps its own copy on purpose (a provider's figure
+# is not lanewise's estimate); a test holds the two equal.
 TOOL_USE_SYSTEM_TOKENS: dict[str, tuple[int, int]] = {
+    "claude-opus-4-8": (290, 410),
+    "claude-opus-4-7": (675, 804),
+    "claude-opus-4-6": (497, 589),
     "claude-opus-4-5": (496, 588),
-    "claude-sonnet-4-5": (496, 588),
-    "claude-haiku-4-5": (496, 588),
     "claude-opus-4-1": (313, 315),
     "claude-opus-4": (313, 315),
+    "claude-sonnet-5": (354, 474),
+    "claude-sonnet-4-6": (497, 589),
+    "claude-sonnet-4-5": (496, 588),
     "claude-sonnet-4": (313, 315),
+    "claude-haiku-4-5": (496, 588),
     "claude-3-5-haiku": (264, 355),
+    "claude-3-7-sonnet": (346, 313),
+    "claude-3-opus": (530, 281),
+    "claude-3-sonnet": (159, 235),
+    "claude-3-haiku": (264, 340),
 }
 TOOL_USE_SYSTEM_TOKENS_SOURCE = (
     "https://platform.claude.com/docs/en/agents-and-tools/tool-use/overview#pricing")

@@ -141,6 +141,8 @@ class LedgerProbe:
             " (SELECT COUNT(*) FROM shards s WHERE s.run_id = r.id"
             "   AND s.status IN ('submitting')) AS submitting,"
             " (SELECT COUNT(*) FROM shards s WHERE s.run_id = r.id"
+            "   AND s.status IN ('planned', 'submitting')) AS planned_or_submitting,"
+            " (SELECT COUNT(*) FROM shards s WHERE s.run_id = r.id"
             "   AND s.provider_batch_id IS NOT NULL) AS with_batch,"
             " (SELECT COUNT(*) FROM shards s WHERE s.run_id = r.id"
             "   AND s.status = 'submitted') AS submitted,"
@@ -180,6 +182,19 @@ def _in_phase(phase: str, now: dict[str, int], start: dict[str, int]) -> bool:
     if phase == "awaiting":
         return now["submitted"] > 0
     return now["ended"] > 0 or now["settled"] > start.get("settled", 0)
+
+
+def _still_possible(phase: str, now: dict[str, int]) -> str:
+    """The phase to aim at: `phase` while the run can still reach it, else a random
+    moment (a run is planned once; shards are all submitted early when no token budget
+    holds them back), so every planned kill lands somewhere in the remaining work."""
+    if not now:
+        return phase
+    if phase == "planning" and now["run_status"] != "planning":
+        return "time"
+    if phase == "submitting" and now["planned_or_submitting"] == 0:
+        return "time"
+    return phase
 
 
 def _wait_and_kill(process: subprocess.Popen, probe: LedgerProbe, phase: str,
@@ -255,6 +270,7 @@ def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
     try:
         with logs.open("ab") as log_file:
             for phase in plan:
+                phase = _still_possible(phase, probe.phase_counts())
                 process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log_file,
                                            stderr=subprocess.STDOUT)
                 report.runs += 1

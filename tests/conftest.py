@@ -33,7 +33,15 @@ def prefect_harness():
     """One Prefect test server for the whole session (it takes ~14 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from prefect import flow
+
+    @flow(name="warm-up")
+    def warm_up() -> None:
+        """Nothing: Prefect's log handlers bind to the stream current at the first flow
+        run, which must be the session's stderr, not one test's capsys (closed after it)."""
+
     with prefect_test_harness(server_startup_timeout=180):
+        warm_up()
         yield
 
 

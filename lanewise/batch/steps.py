@@ -28,6 +28,7 @@ from lanewise.pricing import Lane, to_picodollars
 from lanewise.providers.base import PERMANENT_BATCH_FAILURES, BatchState, ItemOutcome
 
 MAX_CONSECUTIVE_POLL_ERRORS = 10
+OUT_OF_CREDIT = "out of credit (insufficient_quota), waiting for a rerun after a top-up"
 
 
 def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
@@ -140,7 +141,10 @@ def await_shard(ctx: LaneContext, shard_id: int) -> BatchState | None:
         if state is not None and state.terminal:
             ctx.ledger.set_shard(
                 shard_id, status="ended" if state.phase == "ended" else "failed",
-                provider_status=state.provider_status, ended_at=time.time(),
+                provider_status=state.provider_status,
+                # The provider's end time, not when this poll saw it: the provider's
+                # bill is dated by it, and reconcile compares per day.
+                ended_at=state.ended_at or time.time(),
                 failure=f"{state.failure_code}: {state.failure_message}"
                 if state.phase == "failed" else None)
             return state
@@ -188,6 +192,11 @@ def _validator(schema: dict[str, Any]) -> Any:
 
 def outcome_update(ctx: LaneContext, outcome: ItemOutcome, attempt: int) -> dict[str, Any]:
     """The ledger update for one request's outcome (costs priced from billed usage)."""
+    if not outcome.ok and outcome.out_of_credit:
+        # Not the item's fault: it waits for a rerun after a top-up, whatever its budget
+        # (collect_shard then stops the run).
+        return {"status": "retry", "error_reason": f"{OUT_OF_CREDIT}: "
+                f"{outcome.error_message or ''}".strip(), **_zero_usage()}
     if not outcome.ok:
         reason = f"{outcome.error_kind}: {outcome.error_message or ''}".strip()
         return {**_failure(ctx, attempt, reason, outcome.retryable),
@@ -243,6 +252,7 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> None:
     raw_url = shard["jsonl_url"].removesuffix(".jsonl") + ".results.jsonl"
     pending: list[dict[str, Any]] = []
     settled: set[int] = set()
+    out_of_credit = 0
     with ctx.storage.open(raw_url, "wb") as raw_sink:
         for outcome in ctx.adapter.results(shard["provider_batch_id"], raw_sink):
             item = waiting.pop(outcome.custom_id, None)
@@ -250,6 +260,7 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> None:
                 continue  # recorded before a crash, or not this shard's
             item_id, attempt = item
             settled.add(item_id)
+            out_of_credit += outcome.out_of_credit
             pending.append({"b_id": item_id, **outcome_update(ctx, outcome, attempt)})
             if len(pending) >= ctx.collect_chunk:
                 ctx.ledger.update_items(pending, where_status="submitted")
@@ -257,6 +268,12 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> None:
                 ctx.crash_hook("mid_collect")
     missing = _remaining(ctx, shard_id, "missing from the provider's results", True, settled)
     ctx.ledger.finish_collect(shard_id, pending + missing)
+    if out_of_credit:
+        # Collected and committed first: the rerun after a top-up plans these again.
+        run_key = ctx.ledger.run(shard["run_id"])["run_key"]
+        raise QuotaExhaustedError(ctx.task.provider, run_key,
+                                  detail=f"{out_of_credit} request(s) of shard "
+                                  f"{shard['shard_key']} refused for credit")
 
 
 def _remaining(ctx: LaneContext, shard_id: int, reason: str, retryable: bool,

@@ -106,7 +106,7 @@ class AnthropicAdapter(ProviderAdapter):
                  + counts.expired)
         phase = "ended" if batch.processing_status == "ended" else "running"
         return BatchState(batch_id, phase, batch.processing_status, total - counts.processing,
-                          total)
+                          total, ended_at=batch.ended_at.timestamp() if batch.ended_at else None)
 
     def results(self, batch_id: str, raw_sink: IO[bytes] | None = None
                 ) -> Iterator[ItemOutcome]:
@@ -126,10 +126,11 @@ class AnthropicAdapter(ProviderAdapter):
             error = (result.get("error") or {}).get("error") or {}
             error_type = error.get("type") or "error"
             # Out of credit is worth a rerun once topped up, not a bad request.
+            out_of_credit = is_quota_error("anthropic", None, error)
             return ItemOutcome(custom_id, False, error_kind=error_type,
                                error_message=error.get("message"),
-                               retryable=error_type in RETRYABLE_ERRORS
-                               or is_quota_error("anthropic", None, error))
+                               retryable=error_type in RETRYABLE_ERRORS or out_of_credit,
+                               out_of_credit=out_of_credit)
         return ItemOutcome(custom_id, False, error_kind=f"batch_{kind}",
                            error_message=f"request {kind} before it ran", retryable=True)
 

@@ -42,6 +42,8 @@ class BatchState:
     total: int = 0
     failure_code: str | None = None
     failure_message: str | None = None
+    # When the provider says the batch ended (Unix seconds): what its bill is dated by.
+    ended_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -60,6 +62,8 @@ class ItemOutcome:
     error_kind: str | None = None
     error_message: str | None = None
     retryable: bool = False
+    # Refused because the account is out of credit: never a failure of the item.
+    out_of_credit: bool = False
 
 
 class ProviderAdapter(ABC):

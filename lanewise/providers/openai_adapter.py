@@ -24,6 +24,7 @@ from lanewise.providers.sdk_errors import (
     translated,
 )
 from lanewise.requests import PreparedRequest
+from lanewise.tokens import reasoning_budget_tokens
 
 ENDPOINT = "/v1/chat/completions"
 SHARD_METADATA_KEY = "lanewise_shard"
@@ -47,7 +48,12 @@ class OpenAIAdapter(ProviderAdapter):
         """A chat.completions body; JSON tasks use a strict `json_schema` response format."""
         messages = ([{"role": "system", "content": request.system}] if request.system else [])
         body: dict[str, Any] = {"model": task.model, "messages": messages + request.messages,
-                                "max_completion_tokens": task.max_output_tokens}
+                                # A reasoning model spends its reasoning tokens from
+                                # this cap too: budget them on top of the answer, or
+                                # the visible answer comes back empty ("length").
+                                "max_completion_tokens": task.max_output_tokens
+                                + reasoning_budget_tokens(task.model,
+                                                          task.max_output_tokens)}
         if task.output.type == "json":
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": task.name.replace("-", "_"), "schema": task.output.json_schema,
@@ -94,9 +100,12 @@ class OpenAIAdapter(ProviderAdapter):
             error = (batch.errors.data or [None])[0] if batch.errors else None
             return BatchState(batch_id, "failed", batch.status, done, total,
                               getattr(error, "code", None) or "failed",
-                              getattr(error, "message", None) or "batch failed")
+                              getattr(error, "message", None) or "batch failed",
+                              ended_at=batch.failed_at)
         phase = "running" if batch.status in RUNNING else "ended"
-        return BatchState(batch_id, phase, batch.status, done, total)
+        ended = batch.completed_at or batch.expired_at or batch.cancelled_at
+        return BatchState(batch_id, phase, batch.status, done, total,
+                          ended_at=float(ended) if ended and phase == "ended" else None)
 
     def results(self, batch_id: str, raw_sink: IO[bytes] | None = None
                 ) -> Iterator[ItemOutcome]:
@@ -133,7 +142,8 @@ class OpenAIAdapter(ProviderAdapter):
             error = body.get("error") or {}
             if is_quota_error("openai", status, error):  # out of credit: worth a rerun
                 return ItemOutcome(custom_id, False, error_kind=OPENAI_QUOTA_CODE,
-                                   error_message=error.get("message"), retryable=True)
+                                   error_message=error.get("message"), retryable=True,
+                                   out_of_credit=True)
             return ItemOutcome(custom_id, False, error_kind=f"http_{status}",
                                error_message=error.get("message"),
                                retryable=is_retryable_status(status))
@@ -141,7 +151,8 @@ class OpenAIAdapter(ProviderAdapter):
 
     @staticmethod
     def _answer(custom_id: str, body: dict[str, Any]) -> ItemOutcome:
-        usage = Usage.from_openai(body.get("usage") or {})
+        usage = Usage.from_openai(body.get("usage") or {},
+                                  service_tier=body.get("service_tier"))
         choice = (body.get("choices") or [{}])[0]
         text = (choice.get("message") or {}).get("content")
         return ItemOutcome(custom_id, True, text=text, usage=usage)

@@ -20,6 +20,7 @@ never logged.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -37,6 +38,11 @@ from lanewise.errors import (
     TransientProviderError,
 )
 from lanewise.settings import Settings
+
+
+def _exact_json(response: httpx.Response) -> Any:
+    """A response body with every JSON number as an exact Decimal (money, never float)."""
+    return json.loads(response.content, parse_float=Decimal)
 
 OPENAI_API = "https://api.openai.com/v1"
 ANTHROPIC_API = "https://api.anthropic.com"
@@ -188,7 +194,7 @@ def _get_pages(credentials: AdminCredentials, path: str,
                 raise TransientProviderError(
                     f"{provider} {REPORT_NAME[provider]}: connection failed: {exc}") from exc
             _check(provider, response)
-            body = response.json()
+            body = _exact_json(response)
             yield body
             page = body.get("next_page")
             if not body.get("has_more") or not page:
@@ -199,7 +205,7 @@ def _check(provider: str, response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        body = response.json()
+        body = _exact_json(response)
     except ValueError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
