@@ -113,15 +113,7 @@ class Ledger:
 
     def restart_planning(self, run_id: int, input_url: str) -> None:
         """Point a run that has sent nothing at another input and plan it again."""
-        with self._write() as conn:
-            sent = conn.execute(sa.select(sa.func.count()).select_from(shards).where(
-                shards.c.run_id == run_id, shards.c.status != "planned")).scalar_one()
-            if sent:
-                raise LedgerError(f"run {run_id} has sent batches; its input is fixed")
-            conn.execute(items.delete().where(items.c.run_id == run_id))
-            conn.execute(shards.delete().where(shards.c.run_id == run_id))
-            conn.execute(runs.update().where(runs.c.id == run_id).values(
-                input_url=input_url, status="planning"))
+        self.reset_planning(run_id, input_url=input_url)
 
     def sent_shards(self, run_id: int) -> int:
         """How many of a run's shards got past `planned` (something may have been paid)."""
@@ -151,15 +143,21 @@ class Ledger:
         with self._write() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
-    def reset_planning(self, run_id: int) -> None:
-        """Forget a half-planned run's items and shards (nothing was submitted yet)."""
+    def reset_planning(self, run_id: int, *, input_url: str | None = None) -> None:
+        """Forget a run's items and shards, which only planning made (nothing was sent);
+        with `input_url`, the run takes that input and goes back to `planning`. One
+        transaction, refused if any shard got past `planned`."""
         with self._write() as conn:
-            submitted = conn.execute(sa.select(sa.func.count()).select_from(shards).where(
+            sent = conn.execute(sa.select(sa.func.count()).select_from(shards).where(
                 shards.c.run_id == run_id, shards.c.status != "planned")).scalar_one()
-            if submitted:
-                raise LedgerError(f"run {run_id} is marked planning but has submitted shards")
+            if sent:
+                raise LedgerError(f"run {run_id} has sent {sent} batch(es); its items and "
+                                  "input are fixed")
             conn.execute(items.delete().where(items.c.run_id == run_id))
             conn.execute(shards.delete().where(shards.c.run_id == run_id))
+            if input_url is not None:
+                conn.execute(runs.update().where(runs.c.id == run_id).values(
+                    input_url=input_url, status="planning"))
 
     # --- items ----------------------------------------------------------------------
 
