@@ -31,9 +31,8 @@ FAST = Timing(batch_seconds=0.3, validating_seconds=0.05, finalizing_seconds=0.0
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test server for the whole session (it takes ~14 s to start)."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
 
     @flow(name="warm-up")
     def warm_up() -> None:
