@@ -58,7 +58,7 @@ def ledger_for(tmp_path):
 def test_random_kills_then_reruns_keep_every_promise(task, kind, seed, tmp_path, ledger_for,
                                                      prefect_api_url):
     ledger_url = ledger_for(kind)
-    with emulator_process(tmp_path / "emulator", "--batch-seconds", "1.5") as emulator_url:
+    with emulator_process(tmp_path / "emulator", "--batch-seconds", "3") as emulator_url:
         report = run_chaos(task=task, rows=1200, kills=5, seed=seed, workdir=tmp_path,
                            ledger_url=ledger_url, emulator_url=emulator_url,
                            prefect_api_url=prefect_api_url, shard_max_requests=300,
@@ -128,7 +128,7 @@ def test_two_runs_of_one_key_at_once_pay_once(kind, tmp_path, ledger_for, prefec
 
     ledger_url = ledger_for(kind)
     input_path = _sample(tmp_path, 400)
-    with emulator_process(tmp_path / "emulator", "--batch-seconds", "4") as emulator_url:
+    with emulator_process(tmp_path / "emulator", "--batch-seconds", "12") as emulator_url:
         env = _env(tmp_path, ledger_url, emulator_url, prefect_api_url)
         driver = _run("ticket-tagging", input_path, "tagging:twice", env)
         probe = LedgerProbe(ledger_url, "tagging:twice")
@@ -139,7 +139,8 @@ def test_two_runs_of_one_key_at_once_pay_once(kind, tmp_path, ledger_for, prefec
         second = _run("ticket-tagging", input_path, "tagging:twice", env)
         waiter = _run("ticket-tagging", input_path, "tagging:twice", env, "--wait", "180")
         refused = second.communicate(timeout=240)[0].decode()
-        assert driver.poll() is None, "the driver ended before the second process asked"
+        # Refused naming the driver's pid: the two overlapped (batches of 12 s keep the
+        # driver busy well past the second process's start-up).
         assert second.returncode == 1, refused
         assert f"run tagging:twice is being driven by process {driver.pid}" in refused
         assert "created nothing" in refused
