@@ -40,3 +40,8 @@ class Storage:
         """Delete a file if it exists."""
         if self.exists(url):
             self.fs.rm(self._path(url))
+
+    def replace(self, source_url: str, target_url: str) -> None:
+        """Move a finished file over another: a rename on a local folder (atomic), a copy
+        then delete on object stores (whose puts are whole-object anyway)."""
+        self.fs.mv(self._path(source_url), self._path(target_url))

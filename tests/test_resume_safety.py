@@ -209,3 +209,29 @@ def test_first_opens_of_a_new_ledger_at_once_all_succeed(ledger_url, processes, 
     assert all(code == 0 for code, _ in errors), errors
     ledger = Ledger(ledger_url)
     assert len(ledger.recent_run_ids(100)) == processes
+
+
+def test_a_kill_while_rewriting_results_keeps_the_previous_file(emulator, tmp_path):
+    """Rerunning a finished run rewrites its results; dying half way must not truncate
+    the file its results_url names."""
+    import pandas as pd
+
+    from lanewise.batch.results import write_results
+
+    ctx = make_context("ticket-summary", emulator, tmp_path)
+    summary = run_batch_lane(ctx, "summary:rewrite", sample_input(tmp_path, rows=12))
+    run_id = ctx.ledger.run_by_key("summary:rewrite")["id"]
+    real_iter = ctx.ledger.iter_items
+
+    def dying(*args, **kwargs):
+        for n, item in enumerate(real_iter(*args, **kwargs)):
+            if n == 5:
+                raise KeyboardInterrupt("killed mid-write")
+            yield item
+
+    ctx.ledger.iter_items = dying
+    with pytest.raises(KeyboardInterrupt):
+        write_results(ctx, run_id)
+    ctx.ledger.iter_items = real_iter
+    results = pd.read_parquet(ctx.storage.open(summary.results_url, "rb"))
+    assert sorted(results["row_number"]) == list(range(1, 13))

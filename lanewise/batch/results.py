@@ -134,7 +134,11 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
     fields = ctx.task.output.fields()
     schema = _schema(fields)
     url = ctx.storage.url(f"{storage_prefix(run['run_key'])}/results.parquet")
-    with ctx.storage.open(url, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+    # Written aside, then moved over: a kill while rewriting a finished run's results
+    # never leaves a truncated file behind its results_url.
+    partial = url + ".partial"
+    with ctx.storage.open(partial, "wb") as handle, \
+            pq.ParquetWriter(handle, schema) as writer:
         chunk: list[dict[str, Any]] = []
         for item in ctx.ledger.iter_items(run_id):
             chunk.append({
@@ -156,6 +160,7 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
                 chunk = []
         if chunk:
             writer.write_table(pa.Table.from_pylist(chunk, schema))
+    ctx.storage.replace(partial, url)
     return url
 
 
