@@ -55,7 +55,7 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
                 f"run {run_key!r} already sent {sent} batch(es) over {run['input_url']!r}, "
                 f"so its input is fixed. Rerun it over that input to resume it, or run "
                 f"{input_url!r} under a new run key (--run-key {run_key}-2).")
-        ctx.ledger.restart_planning(run["id"], input_url)
+        ctx.ledger.reset_planning(run["id"], input_url=input_url)
         run = ctx.ledger.run(run["id"])
     if run["status"] == "planning":
         if not created:

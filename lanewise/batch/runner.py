@@ -92,10 +92,7 @@ def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
         except QuotaExhaustedError as exc:
             # Out of credit: stop the run as it stands (nothing failed); the message
             # names the run key whose rerun resumes it.
-            named = exc.for_run(run_key)
-            if named is exc:
-                raise
-            raise named from exc
+            raise exc.for_run(run_key) from exc.__cause__  # named; same cause
         finally:
             ctx.lease = None
 
@@ -113,8 +110,7 @@ def _drive(ctx: LaneContext, steps: Steps, run_key: str, input_url: str,
             break
         for wave in waves(ctx, shard_ids):
             for shard_id in wave:
-                still_driving()
-                steps.submit(shard_id)
+                steps.submit(shard_id)  # checks the lease itself, in the claim
             for shard_id in wave:
                 still_driving()
                 steps.await_(shard_id)

@@ -34,23 +34,13 @@ OUT_OF_CREDIT = "out of credit (insufficient_quota), waiting for a rerun after a
 def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
     """Create the shard's provider batch unless it exists; returns the batch id.
 
-    An account out of credit (QuotaExhaustedError) stops here, naming the run key to
-    rerun; the shard is left so that the rerun creates its batch.
+    An account out of credit (QuotaExhaustedError) stops here and leaves the shard
+    `planned`, so that the rerun creates its batch.
     """
     shard = ctx.ledger.shard(shard_id)
     if shard["status"] not in ("planned", "submitting"):
         return shard["provider_batch_id"]
     run_key = ctx.ledger.run(shard["run_id"])["run_key"]
-    try:
-        return _submit(ctx, shard_id, run_key)
-    except QuotaExhaustedError as exc:
-        named = exc.for_run(run_key)
-        if named is exc:
-            raise
-        raise named from exc
-
-
-def _submit(ctx: LaneContext, shard_id: int, run_key: str) -> str | None:
     with _driving(ctx, run_key) as lease:
         shard = ctx.ledger.shard(shard_id)  # again, now that this process drives the run
         if shard["status"] not in ("planned", "submitting"):
@@ -71,11 +61,11 @@ def _submit(ctx: LaneContext, shard_id: int, run_key: str) -> str | None:
         try:
             with ctx.storage.open(shard["jsonl_url"], "rb") as handle:
                 batch_id = ctx.adapter.submit(handle, shard["shard_key"], ctx.task.model)
-        except QuotaExhaustedError:
+        except QuotaExhaustedError as exc:
             # The provider refused the create (out of credit): no batch exists, so the
             # shard goes back to `planned` and a rerun creates it without searching.
             ctx.ledger.set_shard(shard_id, status="planned", intent_at=None)
-            raise
+            raise exc.for_run(run_key) from exc.__cause__  # named; same cause
         ctx.crash_hook("after_create")
         if not ctx.ledger.record_submitted(shard_id, batch_id):
             # Another process recorded a batch for this shard while this one was

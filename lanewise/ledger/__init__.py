@@ -104,10 +104,6 @@ class Ledger(LeaseRecords):
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().one()
             return dict(row), True
 
-    def restart_planning(self, run_id: int, input_url: str) -> None:
-        """Point a run that has sent nothing at another input and plan it again."""
-        self.reset_planning(run_id, input_url=input_url)
-
     def sent_shards(self, run_id: int) -> int:
         """How many of a run's shards got past `planned` (something may have been paid)."""
         with self.engine.connect() as conn:
