@@ -246,26 +246,25 @@ def prices(models: tuple[str, ...], table_path: Path | None) -> None:
         sources.add_row(price.model, price.checked or "-", price.source or "-")
     console.print(sources)
 
-    unconfirmed = Table(title="Unconfirmed rates: no public figure, charged conservatively",
-                        title_justify="left")
-    for column in ("model", "rate", "charged", "why"):
-        unconfirmed.add_column(column, overflow="fold", no_wrap=column == "model",
-                               justify="right" if column == "charged" else "left")
-    for price in rows:
-        for key, why in price.unconfirmed.items():
-            unconfirmed.add_row(price.model, key, shown(price, key), why)
+    def rate_notes(title: str, why: str, notes: str) -> Table:
+        """One row per (model, rate) with its note: `notes` names the ModelPrice dict."""
+        table = Table(title=title, title_justify="left")
+        for column in ("model", "rate", "charged", why):
+            table.add_column(column, overflow="fold", no_wrap=column == "model",
+                             justify="right" if column == "charged" else "left")
+        for price in rows:
+            for key, note in getattr(price, notes).items():
+                table.add_row(price.model, key, shown(price, key), note)
+        return table
+
+    unconfirmed = rate_notes("Unconfirmed rates: no public figure, charged conservatively",
+                             "why", "unconfirmed")
     if unconfirmed.row_count:
         console.print(unconfirmed)
     else:
         console.print("No unconfirmed rates: every rate shown has a public source.")
-    derived = Table(title="Rates lanewise derived or added, by a published rule",
-                    title_justify="left")
-    for column in ("model", "rate", "charged", "rule"):
-        derived.add_column(column, overflow="fold",
-                           justify="right" if column == "charged" else "left")
-    for price in rows:
-        for key, rule in price.derived.items():
-            derived.add_row(price.model, key, shown(price, key), rule)
+    derived = rate_notes("Rates lanewise derived or added, by a published rule", "rule",
+                         "derived")
     if derived.row_count:
         console.print(derived)
 
