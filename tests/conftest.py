@@ -117,7 +117,8 @@ def _reset_postgres(url: str) -> None:
 
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for table in ("items", "shards", "run_leases", "runs", "alembic_version"):
+        for table in ("items", "shards", "run_leases", "provider_limits", "run_item_counts",
+                      "runs", "alembic_version"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
 

@@ -100,4 +100,24 @@ run_leases = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),
 )
 
+# Limits a provider stated (a refusal naming its enqueued-token limit, say), per
+# provider and model, so later runs plan within them: 0005.
+provider_limits = sa.Table(
+    "provider_limits", metadata,
+    sa.Column("provider", sa.String(20), primary_key=True),
+    sa.Column("model", sa.String(100), primary_key=True),
+    sa.Column("name", sa.String(50), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("learned_at", sa.Float, nullable=False),
+)
+
+# Items per run and state, kept exact by statement-level triggers on items (PostgreSQL
+# only; SQLite counts items directly): 0006.
+run_item_counts = sa.Table(
+    "run_item_counts", metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True),
+    sa.Column("status", sa.String(20), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
+
 TERMINAL_ITEM_STATES = ("rejected", "succeeded", "invalid_output", "failed")
