@@ -4,34 +4,50 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-from pydantic import BaseModel
 from rich.console import Console
 
 from lanewise.errors import LanewiseError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 console = Console()
 error_console = Console(stderr=True)
 
 
-def _model_options(model: type[BaseModel], group: str) -> Callable[[Callable], Callable]:
+def _model_options(model: type[BaseModel], group: str) -> list[click.Parameter]:
     """Click options for every field of a settings model, described by the field."""
+    return [
+        click.Option([f"--{name.replace('_', '-')}", f"{group}__{name}"],
+                     type=int if name == "seed" else float, default=None,
+                     help=f"{field.description} [default: {field.default}]")
+        for name, field in model.model_fields.items()
+    ]
 
-    def decorate(func: Callable) -> Callable:
-        for name, field in reversed(list(model.model_fields.items())):
-            if name == "seed":
-                kind: Any = int
-            else:
-                kind = float
-            func = click.option(
-                f"--{name.replace('_', '-')}", f"{group}__{name}", type=kind, default=None,
-                help=f"{field.description} [default: {field.default}]",
-            )(func)
-        return func
 
-    return decorate
+class _LazyOptionsCommand(click.Command):
+    """A command whose trailing options are built on first use (its own help or
+    parsing), so that `lanewise --help` and the other commands do not import what
+    builds them."""
+
+    def __init__(self, *args: Any, lazy_options: Callable[[], list[click.Parameter]],
+                 **kwargs: Any) -> None:
+        self._lazy_options: Callable[[], list[click.Parameter]] | None = lazy_options
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:  # type: ignore[override]
+        if self._lazy_options is not None:
+            build, self._lazy_options = self._lazy_options, None
+            self._params.extend(build())
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value
 
 
 @click.group()
@@ -40,13 +56,13 @@ def cli() -> None:
     """lanewise: give every AI task a lane (live or batch), run as Prefect flows."""
 
 
-def _emulator_options(func: Callable) -> Callable:
+def _emulator_options() -> list[click.Parameter]:
     from lanewise.emulator.config import Faults, Timing
 
-    return _model_options(Timing, "timing")(_model_options(Faults, "faults")(func))
+    return _model_options(Timing, "timing") + _model_options(Faults, "faults")
 
 
-@cli.command()
+@cli.command(cls=_LazyOptionsCommand, lazy_options=_emulator_options)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8765, show_default=True, type=int, help="Port (0 = any free).")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
@@ -55,7 +71,6 @@ def _emulator_options(func: Callable) -> Callable:
 @click.option("--prices", "prices_path", type=click.Path(path_type=Path), default=None,
               help="The price table the emulator bills by [default: LANEWISE_EMULATOR_PRICES, "
               "else lanewise's own table].")
-@_emulator_options
 def emulator(host: str, port: int, state_dir: Path | None, api_key: str | None,
              prices_path: Path | None, **overrides: Any) -> None:
     """Run the provider emulator (OpenAI and Anthropic APIs) in the foreground."""
@@ -106,8 +121,11 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
     Flows run against PREFECT_API_URL when it is set; otherwise against a temporary
     local Prefect server that stops with this command (even when it is killed).
     """
+    import contextlib
     import os
 
+    from lanewise.catalog import load_catalog
+    from lanewise.ops.prefect_server import early_temporary_server
     from lanewise.settings import get_settings
 
     if (start is None) != (end is None):
@@ -120,34 +138,46 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
         # same input.
         input_url = os.path.abspath(input_url)
     settings = get_settings()
-    _start_providers(task, settings)
-    from flows.batch import backfill, nightly_batch
-    from lanewise.batch.prefect_tasks import context_for
-    from lanewise.batch.results import summarize
-    from lanewise.ops.prefect_server import prefect_api
-    from lanewise.reporting import print_runs
+    load_catalog(settings.catalog_path).get(task)  # an unknown task starts nothing
+    # Credentials kept in Prefect blocks are read from the API the flow will use, and
+    # live in the database Prefect itself uses.
+    from_blocks = bool(settings.openai_credentials_block or settings.anthropic_credentials_block)
+    with contextlib.ExitStack() as stack:
+        # First thing: the temporary Prefect server (if one is needed), so that its
+        # start overlaps all that this process does before the flow can run.
+        early = stack.enter_context(early_temporary_server(settings.home,
+                                                           own_database=not from_blocks))
+        from lanewise.batch.prefect_tasks import context_for
 
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with prefect_api(settings.home / "prefect-server.log"):
-        if start is not None:
-            brief = backfill(task=task, start=start.date(), end=end.date(),
-                             input_url=input_url, run_key=run_key)
-        else:
-            brief = nightly_batch(task=task, input_url=input_url,
-                                  run_date=run_date.date() if run_date else None,
-                                  filter_by_date=not all_rows, run_key=run_key)
+        if not from_blocks:
+            # The run's context (provider SDK and client, ledger, storage, prices), built
+            # now rather than at the flow's start; with no API key this also starts (or
+            # finds) the shared emulator, outside Prefect's logging.
+            context_for(task)
+        from flows.batch import backfill, nightly_batch
+        from lanewise.batch.results import summarize
+        from lanewise.ops.prefect_server import prefect_api
+        from lanewise.reporting import print_runs
+
+        with prefect_api(settings.home, launched=early, own_database=not from_blocks,
+                         notice=_note):
+            if from_blocks:
+                context_for(task)
+            if start is not None:
+                brief = backfill(task=task, start=start.date(), end=end.date(),
+                                 input_url=input_url, run_key=run_key)
+            else:
+                brief = nightly_batch(task=task, input_url=input_url,
+                                      run_date=run_date.date() if run_date else None,
+                                      filter_by_date=not all_rows, run_key=run_key)
     ctx = context_for(task)
     summary = summarize(ctx.ledger, ctx.ledger.run_by_key(brief["run_key"])["id"])
     print_runs(console, [summary], "What the run cost")
 
 
-def _start_providers(task_name: str, settings: Any) -> None:
-    """Resolve the task's provider before any flow starts: with no key configured this
-    starts (or finds) the shared local emulator outside Prefect's logging."""
-    from lanewise.catalog import load_catalog
-    from lanewise.providers import resolve_credentials
-
-    resolve_credentials(load_catalog(settings.catalog_path).get(task_name).provider, settings)
+def _note(message: str) -> None:
+    """One plain line on stderr (not wrapped, not styled)."""
+    print(f"lanewise: {message}", file=sys.stderr, flush=True)
 
 
 @cli.command()

@@ -14,18 +14,17 @@ from contextlib import ExitStack
 from datetime import date
 from decimal import Decimal
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lanewise.batch.progress import add_listener
-from lanewise.emulator import EmulatorConfig, Timing, running_emulator
-from lanewise.ops.prefect_server import prefect_api
+from lanewise.ops.prefect_server import early_temporary_server, prefect_api
 from lanewise.reporting import print_runs, usd
 from lanewise.settings import DATA_DIR, get_settings
 
 DEMO_TASKS = ("ticket-tagging", "ticket-summary")
-DEMO_TIMING = Timing(batch_seconds=2.0, validating_seconds=0.2, finalizing_seconds=0.3)
+#: The emulator's timing in the demo (lanewise.emulator.Timing fields).
+DEMO_TIMING = {"batch_seconds": 2.0, "validating_seconds": 0.2, "finalizing_seconds": 0.3}
 
 
 def _configure(emulator_url: str) -> None:
@@ -45,15 +44,22 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
     """Run the nightly batch flows for both demo tasks and print what they cost."""
     input_url = input_url or str(DATA_DIR / "tickets.parquet")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    with running_emulator(EmulatorConfig(timing=DEMO_TIMING)) as emu, ExitStack() as stack:
+    with ExitStack() as stack:
+        # The temporary Prefect server (if one is needed) starts first, while the
+        # emulator starts and this process imports the flows.
+        early = stack.enter_context(early_temporary_server(get_settings().home))
+        import httpx
+
+        from lanewise.emulator import EmulatorConfig, Timing, running_emulator
+
+        emu = stack.enter_context(running_emulator(
+            EmulatorConfig(timing=Timing(**DEMO_TIMING))))
         _configure(emu.url)
         from flows.batch import nightly_batch
         from lanewise.batch.prefect_tasks import context_for
         from lanewise.batch.results import summarize
 
         console.print(f"emulator on {emu.url}; ledger {get_settings().resolved_database_url}")
-        console.print("starting Prefect (a temporary local server; the first start migrates "
-                      "its database, ~20 s)")
         summaries = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
@@ -66,7 +72,9 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
 
             remove = add_listener(on_progress)
             try:
-                stack.enter_context(prefect_api(get_settings().home / "prefect-server.log"))
+                stack.enter_context(prefect_api(
+                    get_settings().home, launched=early,
+                    notice=lambda message: console.print(f"[dim]{message}[/]")))
                 for task in DEMO_TASKS:
                     brief = nightly_batch(task=task, input_url=input_url,
                                           run_date=date.today(), filter_by_date=False,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
-from lanewise.batch.results import RunSummary
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from lanewise.batch.results import RunSummary
 
 
 def usd(amount: Decimal) -> str:

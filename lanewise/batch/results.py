@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from lanewise.batch.context import LaneContext, storage_prefix
 from lanewise.ledger import Ledger
 from lanewise.pricing import from_picodollars
 
+if TYPE_CHECKING:  # pyarrow and the lane context only when a results file is written
+    import pyarrow as pa
+
+    from lanewise.batch.context import LaneContext
+
 RESULT_CHUNK = 5000
-COST_TYPE = pa.decimal128(24, 12)
+# The item columns a results file is made of (read from the ledger, nothing else).
+RESULT_COLUMNS = ("row_number", "input_key", "status", "error_field", "error_reason",
+                  "excerpted", "attempt", "output_text", "input_tokens",
+                  "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                  "output_tokens", "reasoning_tokens", "cost_picodollars")
 
 
 @dataclass
@@ -105,6 +110,8 @@ def summarize(ledger: Ledger, run_id: int) -> RunSummary:
 
 
 def _schema(fields: list[str]) -> pa.Schema:
+    import pyarrow as pa
+
     columns = [("row_number", pa.int64()), ("input_key", pa.string()), ("status", pa.string()),
                ("error_field", pa.string()), ("error_reason", pa.string()),
                ("excerpted", pa.bool_()), ("attempt", pa.int64()), ("raw_text", pa.string())]
@@ -112,7 +119,7 @@ def _schema(fields: list[str]) -> pa.Schema:
     columns += [("input_tokens", pa.int64()), ("cached_input_tokens", pa.int64()),
                 ("cache_write_tokens", pa.int64()), ("cache_write_1h_tokens", pa.int64()),
                 ("output_tokens", pa.int64()), ("reasoning_tokens", pa.int64()),
-                ("cost_usd", COST_TYPE)]
+                ("cost_usd", pa.decimal128(24, 12))]
     return pa.schema(columns)
 
 
@@ -130,6 +137,11 @@ def _parsed(text: str | None, status: str, fields: list[str]) -> dict[str, Any]:
 
 def write_results(ctx: LaneContext, run_id: int) -> str:
     """Stream the run's items into one results Parquet file; returns its URL."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lanewise.batch.context import storage_prefix
+
     run = ctx.ledger.run(run_id)
     fields = ctx.task.output.fields()
     schema = _schema(fields)
@@ -140,7 +152,7 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
     with ctx.storage.open(partial, "wb") as handle, \
             pq.ParquetWriter(handle, schema) as writer:
         chunk: list[dict[str, Any]] = []
-        for item in ctx.ledger.iter_items(run_id):
+        for item in ctx.ledger.iter_items(run_id, columns=RESULT_COLUMNS):
             chunk.append({
                 "row_number": item["row_number"], "input_key": item["input_key"],
                 "status": item["status"], "error_field": item["error_field"],

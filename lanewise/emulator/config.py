@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 PRICES_ENV = "LANEWISE_EMULATOR_PRICES"
 ORGANIZATION_ID = "org-lanewise-emulator"
+#: The key the emulator accepts by default (any key, unless configured otherwise).
+EMULATOR_API_KEY = "sk-lanewise-emulator"
 
 
 class Timing(BaseModel):

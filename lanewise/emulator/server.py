@@ -17,12 +17,11 @@ from typing import Iterator
 import uvicorn
 
 from lanewise.emulator.app import create_app
-from lanewise.emulator.config import EmulatorConfig
+from lanewise.emulator.config import EMULATOR_API_KEY, EmulatorConfig
 from lanewise.emulator.state import EmulatorState
 from lanewise.errors import ConfigurationError
 from lanewise.pricing import load_price_table
 
-EMULATOR_API_KEY = "sk-lanewise-emulator"
 log = logging.getLogger("lanewise.emulator")
 
 

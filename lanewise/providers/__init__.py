@@ -11,19 +11,19 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import anthropic
 from pydantic import SecretStr
 
 from lanewise.errors import ConfigurationError, MissingCredentialsError
-from lanewise.providers.anthropic_adapter import AnthropicAdapter
-from lanewise.providers.base import ProviderAdapter
-from lanewise.providers.openai_adapter import OpenAIAdapter
-from lanewise.providers.sdk_errors import QuotaAwareOpenAI
 from lanewise.settings import Settings, get_settings
 
-ADAPTERS: dict[str, type[ProviderAdapter]] = {"openai": OpenAIAdapter,
-                                              "anthropic": AnthropicAdapter}
+if TYPE_CHECKING:
+    from lanewise.providers.base import ProviderAdapter
+
+# The SDKs are imported when an adapter is built, not when lanewise is imported: a
+# command that calls no provider (`lanewise runs`, `--help`) starts without them.
+ADAPTERS = ("openai", "anthropic")
 SDK_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 _embedded_lock = threading.Lock()
@@ -86,7 +86,14 @@ def get_adapter(provider: str, settings: Settings | None = None) -> ProviderAdap
     creds = resolve_credentials(provider, settings)
     secret = creds.api_key.get_secret_value()
     if provider == "openai":
+        from lanewise.providers.openai_adapter import OpenAIAdapter
+        from lanewise.providers.sdk_errors import QuotaAwareOpenAI
+
         return OpenAIAdapter(QuotaAwareOpenAI(api_key=secret, base_url=creds.base_url,
                                               max_retries=3))
+    import anthropic
+
+    from lanewise.providers.anthropic_adapter import AnthropicAdapter
+
     return AnthropicAdapter(anthropic.Anthropic(api_key=secret, base_url=creds.base_url,
                                                 max_retries=3))
