@@ -58,6 +58,18 @@ class Settings(BaseSettings):
         description="Estimated input tokens one OpenAI batch may enqueue (your tier's "
         "per-model enqueued-token limit).",
     )
+    enqueued_token_budgets: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-model overrides of `openai_enqueued_token_budget`, as JSON "
+        "(e.g. {\"gpt-4o\": 90000}); a limit the provider states when it refuses a batch "
+        "(token_limit_exceeded) is learned and used when lower.",
+    )
+    shard_token_share: float = Field(
+        default=0.25, gt=0, le=1,
+        description="Largest share of the enqueued-token budget one shard may hold: "
+        "smaller shards keep several batches in flight, so one is collected while the "
+        "others run and the next is sent as soon as one ends.",
+    )
     shard_max_requests: int | None = Field(
         default=None,
         description="Cap on requests per shard, below the provider's own limit (smaller "
@@ -74,9 +86,14 @@ class Settings(BaseSettings):
         "to let go before giving up (0: say who drives it and stop at once).",
     )
     poll_initial_seconds: float = Field(
-        default=1.0, description="First wait between batch status polls.")
+        default=0.25, gt=0, description="Shortest wait between batch status polls (a "
+        "batch is first polled right after it is created, then after this long).")
     poll_max_seconds: float = Field(
-        default=60.0, description="Cap of the doubling wait between batch status polls.")
+        default=60.0, gt=0, description="Longest wait between batch status polls.")
+    poll_lateness: float = Field(
+        default=0.2, gt=0, description="Poll again after this share of the youngest "
+        "in-flight batch's age (within the two bounds above): a batch is noticed at most "
+        "this much later than it ended, relative to how long it took.")
     batch_timeout_hours: float = Field(
         default=25.0, description="Give up awaiting a batch after this long (providers "
         "expire batches at 24 h).")

@@ -118,7 +118,8 @@ class ChaosReport:
 
     def line(self) -> str:
         """One printable line of figures."""
-        phases = ", ".join(f"{p} {self.kills_by_phase.get(p, 0)}" for p in (*PHASES, "time"))
+        shown = (*PHASES, *(p for p in ("in_flight", "time") if p in self.kills_by_phase))
+        phases = ", ".join(f"{p} {self.kills_by_phase.get(p, 0)}" for p in shown)
         return (f"{self.task} on {self.ledger}: {self.rows:,} rows, {self.kills} kills "
                 f"({phases}), {self.runs} runs in {self.seconds:.0f} s; {self.shards} shards, "
                 f"{self.batches_created} batches created; results {self.rows_in_results:,} "
@@ -181,6 +182,8 @@ def _in_phase(phase: str, now: dict[str, int], start: dict[str, int]) -> bool:
         return now["submitting"] > 0 or now["with_batch"] > start.get("with_batch", 0)
     if phase == "awaiting":
         return now["submitted"] > 0
+    if phase == "in_flight":  # several batches of the run at the provider at once
+        return now["submitted"] >= 2
     return now["ended"] > 0 or now["settled"] > start.get("settled", 0)
 
 
@@ -242,6 +245,7 @@ def kill_plan(kills: int, rng: random.Random) -> list[str]:
 def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
               ledger_url: str, emulator_url: str, prefect_api_url: str,
               shard_max_requests: int, run_timeout: float = 600.0,
+              plan: list[str] | None = None, extra_env: dict[str, str] | None = None,
               log=print) -> ChaosReport:
     """Kill `lanewise run` `kills` times at seeded random moments, then let it finish,
     and check every promise (see the module docstring)."""
@@ -258,13 +262,13 @@ def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
            "LANEWISE_POLL_INITIAL_SECONDS": "0.2", "LANEWISE_POLL_MAX_SECONDS": "1",
            "LANEWISE_SHARD_MAX_REQUESTS": str(shard_max_requests),
            "PREFECT_API_URL": prefect_api_url, "PREFECT_LOGGING_LEVEL": "WARNING",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(extra_env or {})}
     command = [*lanewise_command(), "run", task, "--input", str(input_path), "--all-rows",
                "--run-key", run_key]
     report = ChaosReport(task=task, ledger=sa.engine.make_url(ledger_url).get_backend_name(),
                          rows=rows, kills=0)
     probe = LedgerProbe(ledger_url, run_key)
-    plan = kill_plan(kills, rng)
+    plan = plan or kill_plan(kills, rng)
     started = time.monotonic()
     logs = workdir / "runs.log"
     try:

@@ -84,13 +84,13 @@ def test_crash_then_rerun_pays_once_and_loses_nothing(task, point, emulator, tmp
     ledger = Ledger(ledger_url)
     input_url = sample_input(tmp_path)
     crashing = make_context(task, emulator, tmp_path, ledger=ledger,
-                            crash_hook=crash_at(point), collect_chunk=10)
+                            crash_hook=crash_at(point), collect_chunk=2)
     crashing.token_budget = 2000  # several shards, so crashes land between them
     before = batches_created(emulator)
     run_key = f"{task}:crash:{ledger.dialect}"
     with pytest.raises(SimulatedCrash):
         run_batch_lane(crashing, run_key, input_url)
-    resumed = make_context(task, emulator, tmp_path, ledger=ledger, collect_chunk=10)
+    resumed = make_context(task, emulator, tmp_path, ledger=ledger, collect_chunk=2)
     resumed.token_budget = 2000
     summary = run_batch_lane(resumed, run_key, input_url)
     shards = resumed.ledger.shards(resumed.ledger.run_by_key(summary.run_key)["id"])
@@ -212,19 +212,87 @@ def test_intent_without_batch_id_reattaches_instead_of_creating_again(emulator, 
     assert ctx.ledger.shard(shard["id"])["provider_batch_id"] == batch_id
 
 
-def test_shards_go_in_waves_within_the_enqueued_token_limit(emulator, tmp_path):
-    """With a 3,000-token enqueued limit and several shards, none fails on it."""
+def _batches(emulator, model: str) -> list:
+    return sorted((j for j in emulator.state.jobs.values() if j.model == model),
+                  key=lambda j: j.created_at)
+
+
+def test_shards_are_pipelined_within_the_enqueued_token_limit(emulator, tmp_path):
+    """With a 3,000-token enqueued limit, several shards are in flight at once, a new one
+    is sent as one ends, none is refused, and the tally never passes the limit."""
     emulator.state.config.limits.openai_enqueued_tokens = 3000
-    emulator.state.config.timing.batch_seconds = 0.2
+    emulator.state.config.timing.batch_seconds = 0.3
     ctx = make_context("ticket-tagging", emulator, tmp_path)
     # A model no other test uses: the limit counts every active batch of the model.
     ctx.task = ctx.task.model_copy(update={"model": "gpt-4.1-nano"})
     ctx.token_budget = 3000
-    summary = run_batch_lane(ctx, "tagging:waves", sample_input(tmp_path))
+    summary = run_batch_lane(ctx, "tagging:pipelined", sample_input(tmp_path))
     shards = ctx.ledger.shards(ctx.ledger.run_by_key(summary.run_key)["id"])
-    assert len(shards) > 2 and all(s["failure"] is None for s in shards)
+    assert len(shards) > 4 and all(s["failure"] is None for s in shards)
     assert max(s["attempt"] for s in shards) == 0
+    # A shard holds a quarter of the budget (a lone long request may fill one alone).
+    assert all(s["estimated_tokens"] <= 3000 * ctx.settings.shard_token_share
+               for s in shards if s["request_count"] > 1)
+    jobs = _batches(emulator, "gpt-4.1-nano")
+    assert len(jobs) == len(shards)  # nothing refused, nothing sent twice
+    overlapping = sum(1 for a, b in zip(jobs, jobs[1:], strict=False)
+                      if b.created_at < a.created_at + 0.3)
+    assert overlapping >= 1  # sent while the previous one still ran
     check_run(ctx, emulator, summary)
+
+
+def test_a_limit_stated_in_a_refusal_is_learned_and_costs_no_retry(emulator, tmp_path):
+    """Configured above the real limit, lanewise sends too much at once; the provider
+    refuses with token_limit_exceeded and states its limit. The refused shards are sent
+    again once room frees, their items' retry budget untouched, and the limit is kept
+    for later runs."""
+    from lanewise.batch.context import ENQUEUED_TOKENS, enqueued_token_budget
+
+    emulator.state.config.limits.openai_enqueued_tokens_by_model["gpt-4.1-mini"] = 3000
+    emulator.state.config.timing.batch_seconds = 0.3
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    ctx.task = ctx.task.model_copy(update={"model": "gpt-4.1-mini"})
+    ctx.token_budget = 12_000  # four times the real limit: shards of <= 3,000 tokens
+    summary = run_batch_lane(ctx, "tagging:learned", sample_input(tmp_path))
+    run_id = ctx.ledger.run_by_key(summary.run_key)["id"]
+    shards = ctx.ledger.shards(run_id)
+    jobs = _batches(emulator, "gpt-4.1-mini")
+    refused = [j for j in jobs if (j.failure or {}).get("code") == "token_limit_exceeded"]
+    assert refused and len(jobs) == len(shards) + len(refused)
+    assert {s["provider_batch_id"] for s in shards}.isdisjoint(j.id for j in refused)
+    assert all(s["attempt"] == 0 for s in shards)  # no retry round was needed
+    assert {i["attempt"] for i in ctx.ledger.iter_items(run_id)} == {0}
+    assert ctx.token_budget == 3000
+    assert ctx.ledger.learned_limit("openai", "gpt-4.1-mini", ENQUEUED_TOKENS) == 3000
+    # A later run of the model plans within it; another model keeps its own budget.
+    assert enqueued_token_budget(ctx.settings, ctx.ledger, "openai", "gpt-4.1-mini") == 3000
+    assert enqueued_token_budget(ctx.settings, ctx.ledger, "openai", "gpt-4o") == \
+        ctx.settings.openai_enqueued_token_budget
+    check_run(ctx, emulator, summary)
+
+
+def test_poll_waits_grow_with_the_batch_age_within_bounds(tmp_path):
+    from lanewise.batch.steps import poll_delay
+    from lanewise.settings import Settings
+
+    class Ctx:
+        settings = Settings(home=tmp_path, poll_initial_seconds=0.25, poll_max_seconds=60,
+                            poll_lateness=0.2)
+
+    assert poll_delay(Ctx, 0) == 0.25
+    assert poll_delay(Ctx, 10) == 2.0
+    assert poll_delay(Ctx, 3600) == 60
+
+
+def test_the_limit_in_a_refusal_message_is_read():
+    from lanewise.providers.base import stated_token_limit
+
+    assert stated_token_limit(
+        "Enqueued token limit reached for gpt-4o-mini in organization org-x. Limit: "
+        "2,000,000 enqueued tokens. Please try again once some in_progress batches have "
+        "been completed.") == 2_000_000
+    assert stated_token_limit("Limit: 90000 enqueued tokens.") == 90_000
+    assert stated_token_limit("something else") is None
 
 
 def test_a_run_key_keeps_its_input(emulator, tmp_path):

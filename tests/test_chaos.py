@@ -69,6 +69,25 @@ def test_random_kills_then_reruns_keep_every_promise(task, kind, seed, tmp_path,
     assert report.batches_created == report.shards >= 4
 
 
+def test_a_run_killed_with_several_batches_in_flight_resumes_them_all(tmp_path, ledger_for,
+                                                                     prefect_api_url):
+    """Pipelined: the budget holds four shards at once; kills land while two or more
+    batches are in flight (and once at a random moment). The reruns find every batch
+    again: none created twice, no row lost, cost equal to the bill."""
+    ledger_url = ledger_for("sqlite")
+    with emulator_process(tmp_path / "emulator", "--batch-seconds", "2") as emulator_url:
+        report = run_chaos(task="ticket-tagging", rows=1200, kills=3, seed=21,
+                           workdir=tmp_path, ledger_url=ledger_url,
+                           emulator_url=emulator_url, prefect_api_url=prefect_api_url,
+                           shard_max_requests=1000, run_timeout=180,
+                           plan=["in_flight", "time", "in_flight"],
+                           extra_env={"LANEWISE_OPENAI_ENQUEUED_TOKEN_BUDGET": "80000"})
+    print(report.line())
+    assert report.ok, report.line()
+    assert report.kills_by_phase["in_flight"] == 2
+    assert report.batches_created == report.shards >= 8
+
+
 def _run(task: str, input_path: Path, run_key: str, env: dict[str, str],
          *extra: str) -> subprocess.Popen:
     return subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -45,9 +46,27 @@ class LaneContext:
     progress: ProgressCallback = no_progress
     token_budget: int | None = field(default=None)
     collect_chunk: int = 2000
+    # Where the run's story goes (batch ids, ends, refusals); a flow run points it at
+    # its Prefect run logger.
+    log: logging.Logger | logging.LoggerAdapter = field(
+        default_factory=lambda: logging.getLogger("lanewise.batch"))
     # The run lease this process holds while it drives a run (set by the runner);
     # steps called on their own take one for their duration.
     lease: RunLease | None = None
+
+    @property
+    def shard_token_cap(self) -> int | None:
+        """Estimated tokens one shard may hold: a share of the enqueued budget, so that
+        several shards are in flight at once (None: no enqueued-token limit)."""
+        if self.token_budget is None:
+            return None
+        return max(int(self.token_budget * self.settings.shard_token_share), 1)
+
+    def learn_token_limit(self, stated: int) -> None:
+        """Use a limit the provider stated when it refused a batch, if it is lower."""
+        self.ledger.learn_limit(self.task.provider, self.task.model, ENQUEUED_TOKENS, stated)
+        if self.token_budget is None or stated < self.token_budget:
+            self.token_budget = stated
 
     @property
     def shard_limits(self) -> BatchLimits:
@@ -65,15 +84,32 @@ class LaneContext:
         settings = settings or get_settings()
         task = load_catalog(settings.catalog_path).get(task_name)
         adapter = overrides.pop("adapter", None) or get_adapter(task.provider, settings)
-        budget = settings.openai_enqueued_token_budget if \
-            adapter.limits.enqueued_token_budget is not None else None
-        return cls(task=task, adapter=adapter,
-                   ledger=overrides.pop("ledger", None) or Ledger(
-                       settings.resolved_database_url),
+        ledger = overrides.pop("ledger", None) or Ledger(settings.resolved_database_url)
+        budget = None
+        if adapter.limits.enqueued_token_budget is not None:
+            budget = enqueued_token_budget(settings, ledger, task.provider, task.model)
+        return cls(task=task, adapter=adapter, ledger=ledger,
                    storage=overrides.pop("storage", None) or Storage(
                        settings.resolved_storage_root),
                    prices=load_price_table(settings.prices_path), settings=settings,
                    token_budget=budget, **overrides)
+
+
+ENQUEUED_TOKENS = "enqueued_tokens"
+# A learned limit is trusted this long: a tier upgrade raises the real limit, and the
+# next refusal (if any) teaches the new figure.
+LEARNED_LIMIT_SECONDS = 7 * 24 * 3600
+
+
+def enqueued_token_budget(settings: Settings, ledger: Ledger, provider: str,
+                          model: str) -> int:
+    """The model's enqueued-token budget: configured (per model, else the default),
+    or the limit the provider stated lately when it is lower."""
+    configured = settings.enqueued_token_budgets.get(model,
+                                                     settings.openai_enqueued_token_budget)
+    learned = ledger.learned_limit(provider, model, ENQUEUED_TOKENS,
+                                   max_age_seconds=LEARNED_LIMIT_SECONDS)
+    return min(configured, learned) if learned is not None else configured
 
 
 @dataclass(frozen=True)

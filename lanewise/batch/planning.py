@@ -83,7 +83,7 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
                      window: DateWindow | None) -> None:
     """Read the input in chunks, record every row, and write round-0 shard files."""
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
-                         ctx.shard_limits, ctx.token_budget)
+                         ctx.shard_limits, ctx.shard_token_cap)
     token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
@@ -158,8 +158,13 @@ def _record_shard(ctx: LaneContext, run_id: int, run_key: str, round_number: int
              "attempt": round_number, "jsonl_url": closed.url,
              "request_count": closed.request_count, "bytes": closed.bytes,
              "estimated_tokens": closed.estimated_tokens}
-    assignments = [{"b_id": item_id, "custom_id": custom_id, "attempt": attempt}
-                   for item_id, custom_id, attempt in closed.refs]
+    if round_number == 0:
+        # First-round items were recorded with this custom_id and attempt 0: only
+        # their shard and state change (fewer columns and index entries written).
+        assignments = [{"b_id": item_id} for item_id, _, _ in closed.refs]
+    else:
+        assignments = [{"b_id": item_id, "custom_id": custom_id, "attempt": attempt}
+                       for item_id, custom_id, attempt in closed.refs]
     return ctx.ledger.add_shard(run_id, shard, assignments)
 
 
@@ -177,7 +182,7 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
         return
     existing = sum(1 for s in shard_rows if s["attempt"] == round_number)
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r{round_number}/shard",
-                         ctx.shard_limits, ctx.token_budget, first_index=existing)
+                         ctx.shard_limits, ctx.shard_token_cap, first_index=existing)
     found: set[int] = set()
     for shard in shard_rows:
         wanted = waiting.get(shard["id"])

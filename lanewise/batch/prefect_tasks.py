@@ -19,7 +19,7 @@ from lanewise.batch.planning import open_run
 from lanewise.batch.progress import PrefectProgress, artifact_key
 from lanewise.batch.results import RunSummary
 from lanewise.batch.runner import finish_run, next_shards, run_batch_lane
-from lanewise.batch.steps import await_shard, collect_shard, submit_shard
+from lanewise.batch.steps import await_any, collect_shard, submit_shard
 from lanewise.errors import QuotaExhaustedError, TransientProviderError
 
 RETRY_DELAYS = [5, 30, 120]
@@ -69,16 +69,16 @@ def submit_shard_task(task_name: str, shard_id: int) -> None:
     submit_shard(context_for(task_name), shard_id)
 
 
-@step(name="await-shard", task_run_name="await-shard-{shard_id}")
-def await_shard_task(task_name: str, shard_id: int) -> None:
-    """Poll the shard's batch until it ends."""
-    await_shard(context_for(task_name), shard_id)
+@step(name="await-batches")
+def await_any_task(task_name: str, shard_ids: list[int]) -> list[int]:
+    """Poll the in-flight batches until at least one ends; returns those shards."""
+    return await_any(context_for(task_name), shard_ids)
 
 
 @step(name="collect-shard", task_run_name="collect-shard-{shard_id}")
-def collect_shard_task(task_name: str, shard_id: int) -> None:
-    """Record the shard's results in the ledger."""
-    collect_shard(context_for(task_name), shard_id)
+def collect_shard_task(task_name: str, shard_id: int) -> str:
+    """Record the shard's results in the ledger; returns its status after."""
+    return collect_shard(context_for(task_name), shard_id)
 
 
 @step(name="finish-run")
@@ -108,11 +108,11 @@ class PrefectSteps:
     def submit(self, shard_id: int) -> None:
         submit_shard_task(self.task_name, shard_id)
 
-    def await_(self, shard_id: int) -> None:
-        await_shard_task(self.task_name, shard_id)
+    def await_any(self, shard_ids: list[int]) -> list[int]:
+        return await_any_task(self.task_name, shard_ids)
 
-    def collect(self, shard_id: int) -> None:
-        collect_shard_task(self.task_name, shard_id)
+    def collect(self, shard_id: int) -> str:
+        return collect_shard_task(self.task_name, shard_id)
 
     def finish(self, run_id: int) -> RunSummary:
         return finish_run_task(self.task_name, run_id)

@@ -9,18 +9,21 @@ here once and the flow only wires.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from lanewise.batch.context import DateWindow, LaneContext
 from lanewise.batch.planning import open_run, plan_retries
 from lanewise.batch.results import RunSummary, summarize, write_results
-from lanewise.batch.steps import await_shard, collect_shard, submit_shard
+from lanewise.batch.steps import await_any, collect_shard, submit_shard
 from lanewise.errors import BatchError, QuotaExhaustedError
 from lanewise.ledger.lease import RunLease
 from lanewise.ledger.schema import TERMINAL_ITEM_STATES
 
 MAX_ROUNDS = 20
+REPORT_SECONDS = 1.0
 
 
 class Steps(Protocol):
@@ -29,8 +32,8 @@ class Steps(Protocol):
     def plan(self, run_key: str, input_url: str, window: DateWindow | None) -> int: ...
     def next_shards(self, run_id: int, run_key: str) -> list[int]: ...
     def submit(self, shard_id: int) -> None: ...
-    def await_(self, shard_id: int) -> None: ...
-    def collect(self, shard_id: int) -> None: ...
+    def await_any(self, shard_ids: list[int]) -> list[int]: ...
+    def collect(self, shard_id: int) -> str: ...
     def finish(self, run_id: int) -> RunSummary: ...
 
 
@@ -66,11 +69,11 @@ class LocalSteps:
     def submit(self, shard_id: int) -> None:
         submit_shard(self.ctx, shard_id)
 
-    def await_(self, shard_id: int) -> None:
-        await_shard(self.ctx, shard_id)
+    def await_any(self, shard_ids: list[int]) -> list[int]:
+        return await_any(self.ctx, shard_ids)
 
-    def collect(self, shard_id: int) -> None:
-        collect_shard(self.ctx, shard_id)
+    def collect(self, shard_id: int) -> str:
+        return collect_shard(self.ctx, shard_id)
 
     def finish(self, run_id: int) -> RunSummary:
         return finish_run(self.ctx, run_id)
@@ -108,41 +111,101 @@ def _drive(ctx: LaneContext, steps: Steps, run_key: str, input_url: str,
         shard_ids = steps.next_shards(run_id, run_key)
         if not shard_ids:
             break
-        for wave in waves(ctx, shard_ids):
-            for shard_id in wave:
-                steps.submit(shard_id)  # checks the lease itself, in the claim
-            for shard_id in wave:
-                still_driving()
-                steps.await_(shard_id)
-                still_driving()
-                steps.collect(shard_id)
-                _report(ctx, run_id)
+        Pipeline(ctx, steps, run_id, still_driving).run(shard_ids)
     else:
         raise BatchError(f"run {run_key} did not settle after {MAX_ROUNDS} rounds")
+    _report(ctx, run_id)
     still_driving()
     return steps.finish(run_id)
 
 
-def waves(ctx: LaneContext, shard_ids: list[int]) -> list[list[int]]:
-    """Group shards so the estimated tokens in flight stay within the enqueued budget.
+@dataclass
+class Pipeline:
+    """Sends a round's shards as the enqueued-token budget allows and collects each
+    batch as soon as it ends, while the others run.
 
-    A provider with a per-model enqueued-token limit (OpenAI) fails a batch that would
-    pass it (`token_limit_exceeded`), so shards go in waves whose estimates add up to
-    at most the budget; each shard alone already fits. Without a limit, one wave.
+    A running tally of the estimated tokens in flight decides: the next shard is sent
+    the moment it fits (or when nothing is in flight, since each shard alone fits).
+    When batches end, the next shards are sent first and the ended ones collected
+    after, so the provider works while this process collects.
     """
-    if ctx.token_budget is None:
-        return [shard_ids]
-    groups: list[list[int]] = []
-    in_flight = 0
-    for shard_id in shard_ids:
-        tokens = ctx.ledger.shard(shard_id)["estimated_tokens"]
-        if groups and in_flight + tokens <= ctx.token_budget:
-            groups[-1].append(shard_id)
-            in_flight += tokens
-        else:
-            groups.append([shard_id])
-            in_flight = tokens
-    return groups
+
+    ctx: LaneContext
+    steps: Steps
+    run_id: int
+    still_driving: Callable[[], None]
+    waiting: deque[int] = field(default_factory=deque)
+    in_flight: dict[int, int] = field(default_factory=dict)  # shard id -> est. tokens
+    ended: list[int] = field(default_factory=list)
+    tokens: dict[int, int] = field(default_factory=dict)
+    refusals: int = 0  # consecutive enqueued-limit refusals with nothing else in flight
+    refused_since: float | None = None
+    # After a refusal with batches in flight: send nothing until one of them ends.
+    blocked: bool = False
+    reported_at: float = 0.0
+
+    def run(self, shard_ids: list[int]) -> None:
+        """Drive these shards until every one is collected."""
+        for shard_id in shard_ids:
+            shard = self.ctx.ledger.shard(shard_id)
+            self.tokens[shard_id] = shard["estimated_tokens"]
+            if shard["status"] in ("planned", "submitting"):
+                self.waiting.append(shard_id)
+            elif shard["status"] == "submitted":
+                self.in_flight[shard_id] = shard["estimated_tokens"]
+            else:  # ended or failed: its batch is over, collect it
+                self.ended.append(shard_id)
+        while self.waiting or self.in_flight or self.ended:
+            self._send_what_fits()
+            self._collect_ended()
+            if self.in_flight:
+                self.still_driving()
+                for shard_id in self.steps.await_any(list(self.in_flight)):
+                    del self.in_flight[shard_id]
+                    self.ended.append(shard_id)
+
+    def _fits(self, shard_id: int) -> bool:
+        budget = self.ctx.token_budget
+        return (budget is None or not self.in_flight
+                or sum(self.in_flight.values()) + self.tokens[shard_id] <= budget)
+
+    def _send_what_fits(self) -> None:
+        while self.waiting and not self.blocked and self._fits(self.waiting[0]):
+            shard_id = self.waiting.popleft()
+            self.steps.submit(shard_id)  # checks the lease itself, in the claim
+            self.in_flight[shard_id] = self.tokens[shard_id]
+
+    def _collect_ended(self) -> None:
+        while self.ended:
+            shard_id = self.ended.pop(0)
+            self.still_driving()
+            if self.steps.collect(shard_id) == "planned":
+                # Refused for the enqueued-token limit: first in line once room frees.
+                self.waiting.appendleft(shard_id)
+                self._after_refusal()
+            else:
+                self.refusals, self.refused_since, self.blocked = 0, None, False
+                # Counting a run's items costs time proportional to the run: report at
+                # most every REPORT_SECONDS, so small shards do not make it quadratic.
+                if time.monotonic() - self.reported_at >= REPORT_SECONDS:
+                    _report(self.ctx, self.run_id)
+                    self.reported_at = time.monotonic()
+
+    def _after_refusal(self) -> None:
+        """With batches of this run in flight, room frees when one ends. With none, the
+        limit is full of other work on the account: wait, longer each time."""
+        if self.in_flight:
+            self.blocked = True
+            return
+        now = time.time()
+        self.refused_since = self.refused_since or now
+        if now - self.refused_since > self.ctx.settings.batch_timeout_hours * 3600:
+            raise BatchError("the provider kept refusing batches for its enqueued-token "
+                             f"limit for {self.ctx.settings.batch_timeout_hours} h")
+        self.refusals += 1
+        settings = self.ctx.settings
+        self.ctx.sleep(min(settings.poll_max_seconds,
+                           settings.poll_initial_seconds * 4 * 2 ** min(self.refusals, 10)))
 
 
 def _report(ctx: LaneContext, run_id: int) -> None:

@@ -25,7 +25,13 @@ from lanewise.errors import (
 from lanewise.ledger.lease import RunLease
 from lanewise.memo import per_object
 from lanewise.pricing import Lane, to_picodollars
-from lanewise.providers.base import PERMANENT_BATCH_FAILURES, BatchState, ItemOutcome
+from lanewise.providers.base import (
+    PERMANENT_BATCH_FAILURES,
+    TOKEN_LIMIT_FAILURE,
+    BatchState,
+    ItemOutcome,
+    stated_token_limit,
+)
 
 MAX_CONSECUTIVE_POLL_ERRORS = 10
 OUT_OF_CREDIT = "out of credit (insufficient_quota), waiting for a rerun after a top-up"
@@ -109,41 +115,75 @@ def attach_batch(ctx: LaneContext, shard_key: str, batch_id: str) -> None:
         ctx.ledger.record_submitted(shard["id"], batch_id)
 
 
-def await_shard(ctx: LaneContext, shard_id: int) -> BatchState | None:
-    """Poll with capped doubling waits until the batch is terminal; record how it ended."""
-    shard = ctx.ledger.shard(shard_id)
-    if shard["status"] != "submitted":
-        return None
-    batch_id = shard["provider_batch_id"]
-    delay = ctx.settings.poll_initial_seconds
-    deadline = (shard["submitted_at"] or time.time()) + ctx.settings.batch_timeout_hours * 3600
+def await_any(ctx: LaneContext, shard_ids: list[int]) -> list[int]:
+    """Poll every in-flight batch of `shard_ids` in one loop until at least one has
+    ended; record how each ended, and return those shards (already ended ones at once).
+
+    One poll covers them all (the adapter may use the provider's list endpoint). The
+    wait between polls follows the youngest batch's age (`poll_lateness` of it, within
+    `poll_initial_seconds` and `poll_max_seconds`): quick while batches are young, and
+    no batch is noticed much later than it ended, relative to how long it ran.
+    """
+    shards = {shard_id: ctx.ledger.shard(shard_id) for shard_id in shard_ids}
+    running = {sid: s for sid, s in shards.items() if s["status"] == "submitted"}
+    done = [sid for sid, s in shards.items() if s["status"] in ("ended", "failed")]
+    if done or not running:
+        return done
     errors = 0
     while True:
         try:
-            state = ctx.adapter.poll(batch_id)
+            states = ctx.adapter.poll_many(s["provider_batch_id"] for s in running.values())
             errors = 0
         except TransientProviderError:
             errors += 1
             if errors >= MAX_CONSECUTIVE_POLL_ERRORS:
                 raise
-            state = None
+            states = {}
         ctx.crash_hook("mid_poll")
-        if state is not None and state.terminal:
-            ctx.ledger.set_shard(
-                shard_id, status="ended" if state.phase == "ended" else "failed",
-                provider_status=state.provider_status,
-                # The provider's end time, not when this poll saw it: the provider's
-                # bill is dated by it, and reconcile compares per day.
-                ended_at=state.ended_at or time.time(),
-                failure=f"{state.failure_code}: {state.failure_message}"
-                if state.phase == "failed" else None)
-            return state
-        if time.time() > deadline:
-            raise BatchError(f"batch {batch_id} of shard {shard['shard_key']} is still "
-                             f"{state.provider_status if state else 'unknown'} after "
-                             f"{ctx.settings.batch_timeout_hours} h")
-        ctx.sleep(delay)
-        delay = min(delay * 2, ctx.settings.poll_max_seconds)
+        now = time.time()
+        ended = []
+        for shard_id, shard in running.items():
+            state = states.get(shard["provider_batch_id"])
+            if state is not None and state.terminal:
+                _record_end(ctx, shard_id, state)
+                ended.append(shard_id)
+            elif now > _deadline(ctx, shard):
+                raise BatchError(f"batch {shard['provider_batch_id']} of shard "
+                                 f"{shard['shard_key']} is still "
+                                 f"{state.provider_status if state else 'unknown'} after "
+                                 f"{ctx.settings.batch_timeout_hours} h")
+        if ended:
+            return ended
+        youngest = min(now - (s["submitted_at"] or now) for s in running.values())
+        ctx.sleep(poll_delay(ctx, youngest))
+
+
+def poll_delay(ctx: LaneContext, age_seconds: float) -> float:
+    """The wait before the next poll of batches whose youngest is `age_seconds` old."""
+    settings = ctx.settings
+    return min(settings.poll_max_seconds,
+               max(settings.poll_initial_seconds, age_seconds * settings.poll_lateness))
+
+
+def _deadline(ctx: LaneContext, shard: dict[str, Any]) -> float:
+    return (shard["submitted_at"] or time.time()) + ctx.settings.batch_timeout_hours * 3600
+
+
+def _record_end(ctx: LaneContext, shard_id: int, state: BatchState) -> None:
+    ctx.ledger.set_shard(
+        shard_id, status="ended" if state.phase == "ended" else "failed",
+        provider_status=state.provider_status,
+        # The provider's end time, not when this poll saw it: the provider's bill is
+        # dated by it, and reconcile compares per day.
+        ended_at=state.ended_at or time.time(),
+        failure=f"{state.failure_code}: {state.failure_message}"
+        if state.phase == "failed" else None)
+
+
+def await_shard(ctx: LaneContext, shard_id: int) -> None:
+    """Poll one shard's batch until it has ended, and record how it ended."""
+    while shard_id not in await_any(ctx, [shard_id]):
+        pass
 
 
 def _failure(ctx: LaneContext, attempt: int, reason: str, retryable: bool) -> dict[str, Any]:
@@ -217,22 +257,26 @@ def _zero_usage() -> dict[str, Any]:
             "reasoning_tokens": 0, "cost_picodollars": 0, "live_cost_picodollars": 0}
 
 
-def collect_shard(ctx: LaneContext, shard_id: int) -> None:
-    """Turn an ended (or failed) batch's results into item states; idempotent.
+def collect_shard(ctx: LaneContext, shard_id: int) -> str:
+    """Turn an ended (or failed) batch's results into item states; idempotent. Returns
+    the shard's status after: `collected`, or `planned` for a batch the provider
+    refused for its enqueued-token limit (sent again once room frees).
 
     Item updates are committed in chunks; the last chunk and the shard's `collected`
     go in one transaction, so a collected shard never has an unfinished item.
     """
     shard = ctx.ledger.shard(shard_id)
     if shard["status"] == "failed":
-        code = (shard["failure"] or "failed").split(":", 1)[0]
+        code, _, message = (shard["failure"] or "failed").partition(": ")
+        if code == TOKEN_LIMIT_FAILURE and _requeue_refused(ctx, shard, message):
+            return "planned"
         retryable = code not in PERMANENT_BATCH_FAILURES
         ctx.ledger.repair_shard_items(shard_id)
         ctx.ledger.finish_collect(shard_id, _remaining(
             ctx, shard_id, f"batch failed: {shard['failure']}", retryable, set()))
-        return
+        return "collected"
     if shard["status"] != "ended":
-        return
+        return shard["status"]
     # Items still `queued` in a shard with a batch id come from a ledger written before
     # the submit record was one transaction; the provider's results settle them.
     ctx.ledger.repair_shard_items(shard_id)
@@ -258,12 +302,34 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> None:
                 ctx.crash_hook("mid_collect")
     missing = _remaining(ctx, shard_id, "missing from the provider's results", True, settled)
     ctx.ledger.finish_collect(shard_id, pending + missing)
+    ctx.log.info("collected shard %s (batch %s): %d result(s)", shard["shard_key"],
+                 shard["provider_batch_id"], len(settled))
     if out_of_credit:
         # Collected and committed first: the rerun after a top-up plans these again.
         run_key = ctx.ledger.run(shard["run_id"])["run_key"]
         raise QuotaExhaustedError(ctx.task.provider, run_key,
                                   detail=f"{out_of_credit} request(s) of shard "
                                   f"{shard['shard_key']} refused for credit")
+    return "collected"
+
+
+def _requeue_refused(ctx: LaneContext, shard: dict[str, Any], message: str) -> bool:
+    """A batch refused for the enqueued-token limit never ran and cost nothing: learn
+    the limit it states, and put the shard back to `planned` with its items' retry
+    budget untouched. False when the shard alone is over the stated limit (it could
+    never be sent as it is: its items are retried in smaller shards instead)."""
+    stated = stated_token_limit(message)
+    if stated is not None:
+        ctx.learn_token_limit(stated)
+        if shard["estimated_tokens"] > stated:
+            return False
+    # One transaction, compare-and-set on this batch id: the shard and its items go
+    # back together, so a rerun sees either the refused batch or a planned shard.
+    ctx.ledger.requeue_shard(shard["id"], shard["provider_batch_id"])
+    ctx.log.info("batch %s of shard %s was refused for the enqueued-token limit (%s); "
+                 "it is sent again once room frees", shard["provider_batch_id"],
+                 shard["shard_key"], f"limit {stated:,}" if stated else "limit not stated")
+    return True
 
 
 def _remaining(ctx: LaneContext, shard_id: int, reason: str, retryable: bool,

@@ -6,8 +6,9 @@ read them instead of branching on provider names.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
@@ -20,6 +21,21 @@ PERMANENT_BATCH_FAILURES = frozenset({
     "invalid_json_line", "duplicate_custom_id", "model_mismatch", "url_mismatch",
     "empty_file", "too_many_tasks", "file_too_large", "invalid_request",
 })
+# A batch refused because the model's enqueued-token limit was full: it never ran and
+# nothing was billed; it is resubmitted once room frees, at no cost to its items.
+TOKEN_LIMIT_FAILURE = "token_limit_exceeded"
+_STATED_LIMIT = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
+
+
+def stated_token_limit(message: str | None) -> int | None:
+    """The enqueued-token limit a `token_limit_exceeded` message states, if it does.
+
+    OpenAI says e.g. "Enqueued token limit reached for gpt-4o-mini in organization
+    org-... Limit: 2,000,000 enqueued tokens. Please try again once some in_progress
+    batches have been completed."
+    """
+    found = _STATED_LIMIT.search(message or "")
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,10 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def poll(self, batch_id: str) -> BatchState:
         """The batch's current state."""
+
+    def poll_many(self, batch_ids: Iterable[str]) -> dict[str, BatchState]:
+        """The current state of several batches (adapters may use a list endpoint)."""
+        return {batch_id: self.poll(batch_id) for batch_id in batch_ids}
 
     @abstractmethod
     def results(self, batch_id: str, raw_sink: IO[bytes] | None = None

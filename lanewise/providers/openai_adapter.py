@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import openai
@@ -30,6 +30,8 @@ ENDPOINT = "/v1/chat/completions"
 SHARD_METADATA_KEY = "lanewise_shard"
 RUNNING = {"validating", "in_progress", "finalizing", "cancelling"}
 NEVER_RAN_RETRYABLE = {"batch_expired", "batch_cancelled"}
+# Pages of the batch list read by poll_many before retrieving the rest one by one.
+LIST_PAGES = 2
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -85,6 +87,10 @@ class OpenAIAdapter(ProviderAdapter):
             for batch in self.client.batches.list(limit=100):
                 if batch.created_at < created_after - 300:
                     break
+                if batch.status == "failed":
+                    # Refused at validation (e.g. token_limit_exceeded): it never ran
+                    # and nothing was billed, so it is not the shard's live batch.
+                    continue
                 if (batch.metadata or {}).get(SHARD_METADATA_KEY) == shard_key:
                     return batch.id
         return None
@@ -92,19 +98,42 @@ class OpenAIAdapter(ProviderAdapter):
     def poll(self, batch_id: str) -> BatchState:
         """Map the Batch object onto running / ended / failed."""
         with translated(self.name, "retrieve batch"):
-            batch = self.client.batches.retrieve(batch_id)
+            return self._state(self.client.batches.retrieve(batch_id))
+
+    def poll_many(self, batch_ids: Iterable[str]) -> dict[str, BatchState]:
+        """Several batches' states from the list endpoint (100 per call, newest first),
+        then one retrieve for each not among the newest LIST_PAGES pages."""
+        wanted = set(batch_ids)
+        if len(wanted) < 2:
+            return {batch_id: self.poll(batch_id) for batch_id in wanted}
+        states: dict[str, BatchState] = {}
+        with translated(self.name, "list batches"):
+            page = self.client.batches.list(limit=100)
+            for _ in range(LIST_PAGES):
+                for batch in page.data:
+                    if batch.id in wanted:
+                        states[batch.id] = self._state(batch)
+                if len(states) == len(wanted) or not page.has_next_page():
+                    break
+                page = page.get_next_page()
+        for batch_id in wanted - states.keys():
+            states[batch_id] = self.poll(batch_id)
+        return states
+
+    @staticmethod
+    def _state(batch: Any) -> BatchState:
         counts = batch.request_counts
         done = (counts.completed + counts.failed) if counts else 0
         total = counts.total if counts else 0
         if batch.status == "failed":
             error = (batch.errors.data or [None])[0] if batch.errors else None
-            return BatchState(batch_id, "failed", batch.status, done, total,
+            return BatchState(batch.id, "failed", batch.status, done, total,
                               getattr(error, "code", None) or "failed",
                               getattr(error, "message", None) or "batch failed",
                               ended_at=batch.failed_at)
         phase = "running" if batch.status in RUNNING else "ended"
         ended = batch.completed_at or batch.expired_at or batch.cancelled_at
-        return BatchState(batch_id, phase, batch.status, done, total,
+        return BatchState(batch.id, phase, batch.status, done, total,
                           ended_at=float(ended) if ended and phase == "ended" else None)
 
     def results(self, batch_id: str, raw_sink: IO[bytes] | None = None
