@@ -154,9 +154,19 @@ def _parquet_rows(handle, url: str, required: Sequence[str]) -> Iterator[InputRo
             yield _decode_cells(number, record)
 
 
+_UTC_NAMES = {"UTC", "utc", "Etc/UTC", "+00:00", "Z"}
+
+
 def _parquet_records(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     """The batch's rows. A string column holding bytes that are not UTF-8 (a writer
     that did not check) is read as binary instead, so only those cells are rejected."""
+    if any(pa.types.is_timestamp(c.type) and c.type.tz in _UTC_NAMES for c in batch.columns):
+        # Reading UTC timestamps as aware datetimes makes pyarrow import pandas (a
+        # second of start-up); as naive UTC they name the same instant and day.
+        batch = pa.RecordBatch.from_arrays(
+            [c.cast(pa.timestamp(c.type.unit)) if pa.types.is_timestamp(c.type)
+             and c.type.tz in _UTC_NAMES else c for c in batch.columns],
+            names=batch.schema.names)
     try:
         return batch.to_pylist()
     except UnicodeDecodeError:

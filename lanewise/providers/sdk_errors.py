@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
-import anthropic
 import openai
 
 from lanewise.errors import (
@@ -40,7 +40,7 @@ def is_quota_error(provider: str, status: int | None, error: dict[str, Any] | No
     return status == 402 or kind == "billing_error" or ANTHROPIC_CREDIT_PHRASE in message
 
 
-def _error_object(exc: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
+def _error_object(exc: Any) -> dict[str, Any]:
     """The `error` object of an SDK status error's body (both providers' formats)."""
     body = exc.body if isinstance(exc.body, dict) else {}
     inner = body.get("error") if isinstance(body.get("error"), dict) else body
@@ -55,11 +55,14 @@ def _error_object(exc: openai.APIStatusError | anthropic.APIStatusError) -> dict
 def translated(provider: str, action: str) -> Iterator[None]:
     """Re-raise SDK exceptions from the block as lanewise provider errors: an account
     out of credit as QuotaExhaustedError, the rest as Transient/PermanentProviderError."""
+    # Only the provider's own SDK raises in its block; it is imported already (by its
+    # adapter), and the other SDK is never imported for it (anthropic alone costs ~2 s).
+    sdk = importlib.import_module(provider)
     try:
         yield
-    except (openai.APIConnectionError, anthropic.APIConnectionError) as exc:
+    except sdk.APIConnectionError as exc:
         raise TransientProviderError(f"{provider} {action}: connection failed: {exc}") from exc
-    except (openai.APIStatusError, anthropic.APIStatusError) as exc:
+    except sdk.APIStatusError as exc:
         status = exc.status_code
         if is_quota_error(provider, status, _error_object(exc)):
             raise QuotaExhaustedError(provider, detail=f"{action}: HTTP {status}: "
