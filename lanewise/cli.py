@@ -196,12 +196,12 @@ def shards(run_key: str) -> None:
     """A run's shards: status, provider batch id, sizes."""
     from rich.table import Table
 
-    from lanewise.ledger import Ledger
+    from lanewise.ledger import existing_ledger
     from lanewise.pricing import from_picodollars
     from lanewise.reporting import usd
     from lanewise.settings import get_settings
 
-    ledger = Ledger(get_settings().resolved_database_url)
+    ledger = existing_ledger(get_settings())
     run = ledger.run_by_key(run_key)
     if run is None:
         raise click.ClickException(f"no run {run_key!r} in the ledger")

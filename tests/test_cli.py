@@ -87,3 +87,55 @@ def test_print_runs_shows_cost_reasons_and_results(emulator, tmp_path):
     assert "What the run cost" in text and f"${summary.cost_usd:,.6f}" in text
     assert "row 8, field 'body': empty text" in text
     assert f"results of summary:print: {summary.results_url}" in text
+
+
+def test_read_commands_never_create_a_ledger(tmp_path, monkeypatch):
+    """From a folder with no ledger, `runs` and `shards` say where they looked and
+    create nothing there."""
+    from click.testing import CliRunner
+
+    from lanewise.cli import cli
+    from lanewise.settings import get_settings
+
+    home = tmp_path / "elsewhere"
+    monkeypatch.setenv("LANEWISE_HOME", str(home))
+    monkeypatch.delenv("LANEWISE_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        results = [CliRunner().invoke(cli, args) for args in (["runs"], ["shards", "x:1"])]
+    finally:
+        get_settings.cache_clear()
+    for result in results:  # a LedgerError, which main() prints as one line
+        assert result.exit_code != 0
+        assert f"no ledger at {home / 'ledger.sqlite3'}" in str(result.exception)
+        assert "LANEWISE_HOME" in str(result.exception)
+    assert not home.exists()
+
+
+def test_read_commands_refuse_a_postgres_database_without_a_ledger(monkeypatch):
+    import os
+
+    import pytest
+    from click.testing import CliRunner
+
+    from lanewise.cli import cli
+    from lanewise.settings import get_settings
+    from tests.chaos_harness import fresh_postgres_database
+
+    server = os.environ.get("LANEWISE_TEST_POSTGRES_URL")
+    if not server:
+        pytest.skip("LANEWISE_TEST_POSTGRES_URL is not set")
+    with fresh_postgres_database(server) as url:
+        monkeypatch.setenv("LANEWISE_DATABASE_URL", url)
+        get_settings.cache_clear()
+        try:
+            result = CliRunner().invoke(cli, ["runs"])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code != 0 and "no runs table" in str(result.exception)
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            assert not sa.inspect(conn).get_table_names()  # nothing was created
+        engine.dispose()

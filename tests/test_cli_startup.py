@@ -48,6 +48,10 @@ def _chain(modules: list[tuple[int, str]], index: int) -> str:
 
 @pytest.mark.parametrize("args", [["--help"], ["runs"]], ids=["help", "runs"])
 def test_cli_startup_imports_no_sdk_pandas_prefect_or_web_stack(args, tmp_path):
+    from lanewise.ledger import Ledger
+
+    # A ledger to read (read commands never create one), empty: no run to summarize.
+    Ledger(f"sqlite:///{tmp_path / 'home' / 'ledger.sqlite3'}").engine.dispose()
     done, modules = _imports(args, tmp_path / "home")
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert modules, "no -X importtime report"

@@ -177,8 +177,10 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
 
 
 def summarize_recent(limit: int = 20) -> list[RunSummary]:
-    """Summaries of the newest runs in the configured ledger (no provider needed)."""
+    """Summaries of the newest runs in the configured ledger (no provider needed); never
+    creates a ledger."""
+    from lanewise.ledger import existing_ledger
     from lanewise.settings import get_settings
 
-    ledger = Ledger(get_settings().resolved_database_url)
+    ledger = existing_ledger(get_settings())
     return [summarize(ledger, run_id) for run_id in ledger.recent_run_ids(limit)]

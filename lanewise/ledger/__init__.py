@@ -177,3 +177,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: sa.Connection) -> None:
     immediate = conn.get_execution_options().get("lanewise_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def existing_ledger(settings: Any) -> Ledger:
+    """The configured ledger for a read command, never a new one: with no ledger at the
+    configured place, a LedgerError that says where it looked and how to point there."""
+    url = settings.resolved_database_url
+    hint = ("set LANEWISE_HOME to the folder lanewise run used (or LANEWISE_DATABASE_URL "
+            "to its ledger)")
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise LedgerError(f"no ledger at {path} (LANEWISE_HOME is {settings.home}); "
+                              f"nothing has run there yet, or {hint}")
+        return Ledger(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = sa.inspect(conn).has_table("runs")
+    except SQLAlchemyError as exc:
+        raise LedgerError(f"cannot open the ledger at {engine.url!r}: {exc}") from exc
+    finally:
+        engine.dispose()
+    if not found:
+        raise LedgerError(f"no lanewise ledger in {engine.url!r} (no runs table); "
+                          f"nothing has run there yet, or {hint}")
+    return Ledger(url)
