@@ -323,3 +323,14 @@ def test_retry_shards_estimate_tokens_like_the_first_round(task, emulator, tmp_p
         by_round[shard["attempt"]] = (count + shard["request_count"],
                                       tokens + shard["estimated_tokens"])
     assert by_round[0] == by_round[1] and by_round[0][0] == len(queued)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_polling_many_batches_through_the_list_reads_what_polling_each_reads(
+        task, emulator, tmp_path):
+    ctx = make_context(task, emulator, tmp_path)
+    ctx.settings = ctx.settings.model_copy(update={"shard_max_requests": 15})
+    summary = run_batch_lane(ctx, f"{task}:poll-many", sample_input(tmp_path))
+    assert len(summary.batch_ids) >= 3
+    listed = ctx.adapter.poll_many(summary.batch_ids)
+    assert listed == {batch_id: ctx.adapter.poll(batch_id) for batch_id in summary.batch_ids}

@@ -20,8 +20,6 @@ RETRYABLE_ERRORS = {"api_error", "overloaded_error", "rate_limit_error", "timeou
 # Message Batches carry no metadata: a batch whose id was lost is recognised by its
 # request count and its creation time just after the recorded intent.
 FIND_WINDOW_SECONDS = 120
-# Pages of the batch list read by poll_many before retrieving the rest one by one.
-LIST_PAGES = 2
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -105,24 +103,10 @@ class AnthropicAdapter(ProviderAdapter):
             return self._state(self.client.messages.batches.retrieve(batch_id))
 
     def poll_many(self, batch_ids: Iterable[str]) -> dict[str, BatchState]:
-        """Several batches' states from the list endpoint (100 per call, newest first),
-        then one retrieve for each not among the newest LIST_PAGES pages."""
-        wanted = set(batch_ids)
-        if len(wanted) < 2:
-            return {batch_id: self.poll(batch_id) for batch_id in wanted}
-        states: dict[str, BatchState] = {}
+        """Several batches' states from the list endpoint (see `_poll_listed`)."""
         with translated(self.name, "list message batches"):
-            page = self.client.messages.batches.list(limit=100)
-            for _ in range(LIST_PAGES):
-                for batch in page.data:
-                    if batch.id in wanted:
-                        states[batch.id] = self._state(batch)
-                if len(states) == len(wanted) or not page.has_next_page():
-                    break
-                page = page.get_next_page()
-        for batch_id in wanted - states.keys():
-            states[batch_id] = self.poll(batch_id)
-        return states
+            return self._poll_listed(
+                batch_ids, lambda: self.client.messages.batches.list(limit=100), self._state)
 
     @staticmethod
     def _state(batch: Any) -> BatchState:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
@@ -24,6 +24,9 @@ PERMANENT_BATCH_FAILURES = frozenset({
 # A batch refused because the model's enqueued-token limit was full: it never ran and
 # nothing was billed; it is resubmitted once room frees, at no cost to its items.
 TOKEN_LIMIT_FAILURE = "token_limit_exceeded"
+# Pages of a provider's batch list (100 each, newest first) read by poll_many before
+# the batches not found there are retrieved one by one.
+LIST_PAGES = 2
 _STATED_LIMIT = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
 
 
@@ -117,6 +120,24 @@ class ProviderAdapter(ABC):
     def poll_many(self, batch_ids: Iterable[str]) -> dict[str, BatchState]:
         """The current state of several batches (adapters may use a list endpoint)."""
         return {batch_id: self.poll(batch_id) for batch_id in batch_ids}
+
+    def _poll_listed(self, batch_ids: Iterable[str], first_page: Callable[[], Any],
+                     state: Callable[[Any], BatchState]) -> dict[str, BatchState]:
+        """poll_many through a list endpoint: the newest LIST_PAGES pages (an SDK page
+        with `data`, `has_next_page`, `get_next_page`), then one poll for each batch
+        not among them. A single batch is polled directly."""
+        wanted = set(batch_ids)
+        states: dict[str, BatchState] = {}
+        if len(wanted) >= 2:
+            page = first_page()
+            for _ in range(LIST_PAGES):
+                states.update((b.id, state(b)) for b in page.data if b.id in wanted)
+                if len(states) == len(wanted) or not page.has_next_page():
+                    break
+                page = page.get_next_page()
+        for batch_id in wanted - states.keys():
+            states[batch_id] = self.poll(batch_id)
+        return states
 
     @abstractmethod
     def results(self, batch_id: str, raw_sink: IO[bytes] | None = None

@@ -30,8 +30,6 @@ ENDPOINT = "/v1/chat/completions"
 SHARD_METADATA_KEY = "lanewise_shard"
 RUNNING = {"validating", "in_progress", "finalizing", "cancelling"}
 NEVER_RAN_RETRYABLE = {"batch_expired", "batch_cancelled"}
-# Pages of the batch list read by poll_many before retrieving the rest one by one.
-LIST_PAGES = 2
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -101,24 +99,10 @@ class OpenAIAdapter(ProviderAdapter):
             return self._state(self.client.batches.retrieve(batch_id))
 
     def poll_many(self, batch_ids: Iterable[str]) -> dict[str, BatchState]:
-        """Several batches' states from the list endpoint (100 per call, newest first),
-        then one retrieve for each not among the newest LIST_PAGES pages."""
-        wanted = set(batch_ids)
-        if len(wanted) < 2:
-            return {batch_id: self.poll(batch_id) for batch_id in wanted}
-        states: dict[str, BatchState] = {}
+        """Several batches' states from the list endpoint (see `_poll_listed`)."""
         with translated(self.name, "list batches"):
-            page = self.client.batches.list(limit=100)
-            for _ in range(LIST_PAGES):
-                for batch in page.data:
-                    if batch.id in wanted:
-                        states[batch.id] = self._state(batch)
-                if len(states) == len(wanted) or not page.has_next_page():
-                    break
-                page = page.get_next_page()
-        for batch_id in wanted - states.keys():
-            states[batch_id] = self.poll(batch_id)
-        return states
+            return self._poll_listed(batch_ids, lambda: self.client.batches.list(limit=100),
+                                     self._state)
 
     @staticmethod
     def _state(batch: Any) -> BatchState:
