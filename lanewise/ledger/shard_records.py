@@ -102,17 +102,10 @@ class ShardRecords:
         compare-and-set on `submitting` with no batch id: False (nothing changed) when
         another process already recorded a batch for this shard.
         """
-        with self._write() as conn:
-            result = conn.execute(shards.update().where(
-                shards.c.id == shard_id, shards.c.status == "submitting",
-                shards.c.provider_batch_id.is_(None),
-            ).values(status="submitted", provider_batch_id=batch_id, submitted_at=time.time()))
-            if result.rowcount != 1:
-                return False
-            conn.execute(items.update().where(items.c.shard_id == shard_id,
-                                              items.c.status == "queued")
-                         .values(status="submitted"))
-        return True
+        return self._move_shard(
+            shard_id, [shards.c.status == "submitting", shards.c.provider_batch_id.is_(None)],
+            {"status": "submitted", "provider_batch_id": batch_id, "submitted_at": time.time()},
+            items_from="queued", items_to="submitted")
 
     def requeue_shard(self, shard_id: int, batch_id: str) -> bool:
         """Put a shard whose batch `batch_id` never ran back to `planned`, to be sent
@@ -126,16 +119,25 @@ class ShardRecords:
         spent none of their retry budget. Items already settled are left alone.
         False (nothing changed) when the shard is not in that state any more.
         """
+        return self._move_shard(
+            shard_id, [shards.c.provider_batch_id == batch_id,
+                       shards.c.status.in_(("submitted", "failed"))],
+            {"status": "planned", **dict.fromkeys(BATCH_COLUMNS)},
+            items_from="submitted", items_to="queued")
+
+    def _move_shard(self, shard_id: int, condition: list[Any], values: dict[str, Any], *,
+                    items_from: str, items_to: str) -> bool:
+        """Compare-and-set a shard (`condition`) to `values` and move its items from one
+        state to another, in one transaction; False (nothing changed) when the shard
+        no longer matches."""
         with self._write() as conn:
-            result = conn.execute(shards.update().where(
-                shards.c.id == shard_id, shards.c.provider_batch_id == batch_id,
-                shards.c.status.in_(("submitted", "failed")),
-            ).values(status="planned", **dict.fromkeys(BATCH_COLUMNS)))
+            result = conn.execute(shards.update().where(shards.c.id == shard_id, *condition)
+                                  .values(**values))
             if result.rowcount != 1:
                 return False
             conn.execute(items.update().where(items.c.shard_id == shard_id,
-                                              items.c.status == "submitted")
-                         .values(status="queued"))
+                                              items.c.status == items_from)
+                         .values(status=items_to))
         return True
 
     def repair_shard_items(self, shard_id: int) -> int:
