@@ -44,7 +44,9 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
     never blocked by it.
     """
     task = ctx.task
-    run, created = ctx.ledger.open_run(run_key, task.name, task.provider, task.model, input_url)
+    run, created = ctx.ledger.open_run(
+        run_key, task.name, task.provider, task.model, input_url,
+        window.start.isoformat() if window else None, window.end.isoformat() if window else None)
     if run["task"] != task.name:
         raise ConfigurationError(f"run key {run_key!r} belongs to task {run['task']!r}, "
                                  f"not {task.name!r}")

@@ -105,7 +105,8 @@ class Ledger(ItemRecords, ShardRecords, LeaseRecords, LimitRecords):
     # --- runs -----------------------------------------------------------------------
 
     def open_run(self, run_key: str, task: str, provider: str, model: str,
-                 input_url: str) -> tuple[dict[str, Any], bool]:
+                 input_url: str, window_start: str | None = None,
+                 window_end: str | None = None) -> tuple[dict[str, Any], bool]:
         """The run with `run_key`, created if new; returns (run, created)."""
         with self._write() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().first()
@@ -114,7 +115,8 @@ class Ledger(ItemRecords, ShardRecords, LeaseRecords, LimitRecords):
             conn.execute(runs.insert().values(
                 run_key=run_key, token=secrets.token_hex(3), task=task, provider=provider,
                 model=model,
-                input_url=input_url, status="planning", created_at=time.time()))
+                input_url=input_url, status="planning", created_at=time.time(),
+                window_start=window_start, window_end=window_end))
             row = conn.execute(sa.select(runs).where(runs.c.run_key == run_key)).mappings().one()
             return dict(row), True
 

@@ -31,6 +31,12 @@ runs = sa.Table(
     sa.Column("results_url", sa.Text),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
+    # 0007: the lane, the date window (ISO dates, NULL = every row) and the Prefect flow
+    # run that drove the run last (for `lanewise runs` and its link).
+    sa.Column("lane", sa.String(10), nullable=False, server_default="batch"),
+    sa.Column("window_start", sa.String(10)),
+    sa.Column("window_end", sa.String(10)),
+    sa.Column("prefect_flow_run_id", sa.String(64)),
 )
 
 shards = sa.Table(
