@@ -123,6 +123,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
     """
     import contextlib
     import os
+    from datetime import date, datetime, timedelta
 
     from lanewise.catalog import load_catalog
     from lanewise.ops.prefect_server import early_temporary_server
@@ -147,13 +148,30 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
         # start overlaps all that this process does before the flow can run.
         early = stack.enter_context(early_temporary_server(settings.home,
                                                            own_database=not from_blocks))
+        from lanewise.batch.context import DateWindow, run_key_for
         from lanewise.batch.prefect_tasks import context_for
 
+        # The run key and window, resolved once here so the head start below and the
+        # flow plan the same run.
+        if start is not None:
+            window = DateWindow(start.date(), end.date())
+            run_key = run_key or run_key_for(task, window)
+        else:
+            day = run_date.date() if run_date else date.today() - timedelta(days=1)
+            run_date = datetime.combine(day, datetime.min.time())
+            window = None if all_rows else DateWindow(day, day)
+            run_key = run_key or run_key_for(task, None, day)
         if not from_blocks:
             # The run's context (provider SDK and client, ledger, storage, prices), built
             # now rather than at the flow's start; with no API key this also starts (or
             # finds) the shared emulator, outside Prefect's logging.
-            context_for(task)
+            ctx = context_for(task)
+            if early is not None:
+                # While the temporary server starts, plan the run (under its lease,
+                # which the flow's runner keeps): the flow finds it planned.
+                from lanewise.batch.plan_ahead import PlanAhead
+
+                stack.enter_context(PlanAhead(ctx, run_key, input_url, window))
         from flows.batch import backfill, nightly_batch
         from lanewise.batch.results import summarize
         from lanewise.ops.prefect_server import prefect_api

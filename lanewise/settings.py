@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         "smaller shards keep several batches in flight, so one is collected while the "
         "others run and the next is sent as soon as one ends.",
     )
+    quick_batch_seconds: float = Field(
+        default=30, ge=0,
+        description="When the model's batches lately all ended within this many seconds "
+        "of their creation, shards take the whole enqueued-token budget: with batches "
+        "that quick, fewer and larger ones cost less than pipelining small ones.",
+    )
     shard_max_requests: int | None = Field(
         default=None,
         description="Cap on requests per shard, below the provider's own limit (smaller "

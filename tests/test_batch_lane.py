@@ -241,6 +241,33 @@ def test_shards_are_pipelined_within_the_enqueued_token_limit(emulator, tmp_path
     check_run(ctx, emulator, summary)
 
 
+def test_after_quick_batches_the_next_run_sends_whole_budget_shards(emulator, tmp_path):
+    """A run learns how long its slowest batch took; when the model's batches end within
+    quick_batch_seconds, the next run's shards take the whole budget (fewer batches),
+    and slow batches keep the quarter share."""
+    from lanewise.batch.context import BATCH_SECONDS
+
+    emulator.state.config.timing.batch_seconds = 0
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    ctx.task = ctx.task.model_copy(update={"model": "gpt-4.1-nano"})
+    ctx.token_budget = 3000
+    first = run_batch_lane(ctx, "tagging:quick-1", sample_input(tmp_path))
+    learned = ctx.ledger.learned_limit("openai", "gpt-4.1-nano", BATCH_SECONDS)
+    assert learned is not None and learned <= ctx.settings.quick_batch_seconds
+    second = run_batch_lane(ctx, "tagging:quick-2", sample_input(tmp_path))
+    # (A lone long request may fill a shard alone: shards of one request are left out.)
+    sizes = [[s["estimated_tokens"] for s in ctx.ledger.shards(
+        ctx.ledger.run_by_key(summary.run_key)["id"]) if s["request_count"] > 1]
+        for summary in (first, second)]
+    assert max(sizes[0]) <= 3000 * ctx.settings.shard_token_share
+    assert max(sizes[1]) > 3000 * ctx.settings.shard_token_share
+    assert len(sizes[1]) < len(sizes[0])
+    check_run(ctx, emulator, second)
+    # A slow batch (here: as learned) brings the quarter share back.
+    ctx.ledger.learn_limit("openai", "gpt-4.1-nano", BATCH_SECONDS, 3600)
+    assert ctx.shard_token_cap == int(3000 * ctx.settings.shard_token_share)
+
+
 def test_a_limit_stated_in_a_refusal_is_learned_and_costs_no_retry(emulator, tmp_path):
     """Configured above the real limit, lanewise sends too much at once; the provider
     refuses with token_limit_exceeded and states its limit. The refused shards are sent

@@ -60,7 +60,12 @@ class LaneContext:
         several shards are in flight at once (None: no enqueued-token limit)."""
         if self.token_budget is None:
             return None
-        return max(int(self.token_budget * self.settings.shard_token_share), 1)
+        share = self.settings.shard_token_share
+        slowest = self.ledger.learned_limit(self.task.provider, self.task.model, BATCH_SECONDS,
+                                            max_age_seconds=LEARNED_LIMIT_SECONDS)
+        if slowest is not None and slowest <= self.settings.quick_batch_seconds:
+            share = 1.0  # nothing to collect while others run: fewer, larger batches
+        return max(int(self.token_budget * share), 1)
 
     def learn_token_limit(self, stated: int) -> None:
         """Use a limit the provider stated when it refused a batch, if it is lower."""
@@ -96,6 +101,8 @@ class LaneContext:
 
 
 ENQUEUED_TOKENS = "enqueued_tokens"
+# The slowest batch of the model's last finished run, creation to end, in seconds.
+BATCH_SECONDS = "batch_seconds"
 # A learned limit is trusted this long: a tier upgrade raises the real limit, and the
 # next refusal (if any) teaches the new figure.
 LEARNED_LIMIT_SECONDS = 7 * 24 * 3600

@@ -36,7 +36,17 @@ def _rejection(rejection: RowRejection) -> dict[str, Any]:
 
 def open_run(ctx: LaneContext, run_key: str, input_url: str,
              window: DateWindow | None = None) -> int:
-    """Open (or resume) the run for `run_key`; plan it unless planning already finished.
+    """Open (or resume) the run for `run_key`; plan it unless planning already finished
+    (or a head start in this process planned it: `plan_ahead`)."""
+    from lanewise.batch import plan_ahead
+
+    planned = plan_ahead.planned_run(run_key, input_url, window)
+    return planned if planned is not None else plan_run_now(ctx, run_key, input_url, window)
+
+
+def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
+                 window: DateWindow | None = None) -> int:
+    """Open (or resume) the run for `run_key` here; plan it unless planning finished.
 
     A run that has sent nothing may be pointed at another input (a mistyped path is
     fixed by rerunning with the right one); once a batch was sent, the input is fixed.

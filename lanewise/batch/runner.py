@@ -8,13 +8,16 @@ here once and the flow only wires.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lanewise.batch.context import DateWindow, LaneContext
+from lanewise.batch.context import BATCH_SECONDS, DateWindow, LaneContext
+from lanewise.batch.plan_ahead import take_lease
 from lanewise.batch.planning import open_run, plan_retries
 from lanewise.batch.results import RunSummary, summarize, write_results
 from lanewise.batch.steps import await_any, collect_shard, submit_shard
@@ -51,7 +54,18 @@ def finish_run(ctx: LaneContext, run_id: int) -> RunSummary:
         raise BatchError(f"run {run_id} still has {unfinished} unfinished items")
     url = write_results(ctx, run_id)
     ctx.ledger.set_run(run_id, status="finished", results_url=url, finished_at=time.time())
+    _learn_batch_seconds(ctx, run_id)
     return summarize(ctx.ledger, run_id)
+
+
+def _learn_batch_seconds(ctx: LaneContext, run_id: int) -> None:
+    """Remember how long this run's slowest batch took, creation to end, so the next run
+    of the model sizes its shards for it (`LaneContext.shard_token_cap`)."""
+    took = [s["ended_at"] - s["submitted_at"] for s in ctx.ledger.shards(run_id)
+            if s["ended_at"] is not None and s["submitted_at"] is not None]
+    if took:
+        ctx.ledger.learn_limit(ctx.task.provider, ctx.task.model, BATCH_SECONDS,
+                               math.ceil(max(max(took), 0)))
 
 
 @dataclass
@@ -87,17 +101,21 @@ def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
     time, and a second one is told who does (RunBusyError) before it touches anything.
     """
     steps = steps or LocalSteps(ctx)
-    with RunLease(ctx.ledger, run_key, ttl=ctx.settings.lease_seconds,
-                  wait_seconds=ctx.settings.lease_wait_seconds) as lease:
-        ctx.lease = lease
-        try:
-            return _drive(ctx, steps, run_key, input_url, window)
-        except QuotaExhaustedError as exc:
-            # Out of credit: stop the run as it stands (nothing failed); the message
-            # names the run key whose rerun resumes it.
-            raise exc.for_run(run_key) from exc.__cause__  # named; same cause
-        finally:
-            ctx.lease = None
+    # A head start (plan_ahead) holds the lease already: keep it rather than release
+    # and retake, so no other process can take the run key in between.
+    lease = take_lease(run_key) or RunLease(
+        ctx.ledger, run_key, ttl=ctx.settings.lease_seconds,
+        wait_seconds=ctx.settings.lease_wait_seconds).acquire()
+    ctx.lease = lease
+    try:
+        return _drive(ctx, steps, run_key, input_url, window)
+    except QuotaExhaustedError as exc:
+        # Out of credit: stop the run as it stands (nothing failed); the message
+        # names the run key whose rerun resumes it.
+        raise exc.for_run(run_key) from exc.__cause__  # named; same cause
+    finally:
+        ctx.lease = None
+        _release(lease)
 
 
 def _drive(ctx: LaneContext, steps: Steps, run_key: str, input_url: str,
@@ -206,6 +224,14 @@ class Pipeline:
         settings = self.ctx.settings
         self.ctx.sleep(min(settings.poll_max_seconds,
                            settings.poll_initial_seconds * 4 * 2 ** min(self.refusals, 10)))
+
+
+def _release(lease: RunLease) -> None:
+    try:
+        lease.release()
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more
+        logging.getLogger(__name__).warning("could not release the lease of run %s: %s",
+                                            lease.run_key, exc)
 
 
 def _report(ctx: LaneContext, run_id: int) -> None:

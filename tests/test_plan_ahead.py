@@ -1,0 +1,74 @@
+"""The CLI's head start: planning while Prefect gets ready, under one lease handed to the
+runner, never twice, with errors surfacing in the plan step."""
+
+from __future__ import annotations
+
+import pytest
+
+from lanewise.batch import plan_ahead
+from lanewise.batch.plan_ahead import PlanAhead
+from lanewise.batch.planning import open_run
+from lanewise.batch.runner import run_batch_lane
+from lanewise.errors import InputError, RunBusyError
+from lanewise.ledger.lease import RunLease
+from tests.lane_helpers import batches_created, make_context, sample_input
+from tests.test_batch_lane import check_run
+
+
+def test_a_head_start_plans_once_and_the_runner_keeps_its_lease(emulator, tmp_path):
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    input_url = sample_input(tmp_path)
+    created_before = batches_created(emulator)
+    planned = []
+    original = plan_ahead.PlanAhead._plan
+
+    def counting_plan(self):
+        planned.append(self.run_key)
+        original(self)
+
+    plan_ahead.PlanAhead._plan = counting_plan
+    try:
+        with PlanAhead(ctx, "tagging:ahead", input_url, None) as ahead:
+            ahead.result.result(timeout=60)
+            # While the head start holds the lease, nobody else may drive the key.
+            with pytest.raises(RunBusyError):
+                RunLease(ctx.ledger, "tagging:ahead", ttl=30).acquire()
+            summary = run_batch_lane(ctx, "tagging:ahead", input_url)
+            assert ahead.claimed and ahead.consumed
+    finally:
+        plan_ahead.PlanAhead._plan = original
+    assert planned == ["tagging:ahead"]
+    check_run(ctx, emulator, summary)
+    assert batches_created(emulator) - created_before == len(summary.batch_ids)
+    # The runner released the lease it was handed: another driver may take the key now.
+    RunLease(ctx.ledger, "tagging:ahead", ttl=30).acquire().release()
+
+
+def test_an_unclaimed_head_start_releases_its_lease(emulator, tmp_path):
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    with PlanAhead(ctx, "tagging:unclaimed", sample_input(tmp_path), None) as ahead:
+        run_id = ahead.result.result(timeout=60)
+    assert ctx.ledger.run(run_id)["status"] == "running"
+    RunLease(ctx.ledger, "tagging:unclaimed", ttl=30).acquire().release()
+    # Another input or window than the head start's is planned by the step itself.
+    assert plan_ahead.planned_run("tagging:unclaimed", "elsewhere", None) is None
+
+
+def test_a_head_start_error_surfaces_in_the_plan_step(emulator, tmp_path):
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    missing = str(tmp_path / "no-such-file.parquet")
+    with PlanAhead(ctx, "tagging:broken", missing, None):
+        with pytest.raises(InputError):
+            open_run(ctx, "tagging:broken", missing)
+        # Only once: a retried step plans for itself (and meets the same error afresh).
+        with pytest.raises(InputError):
+            open_run(ctx, "tagging:broken", missing)
+    assert ctx.ledger.sent_shards(ctx.ledger.run_by_key("tagging:broken")["id"]) == 0
+
+
+def test_a_second_process_is_refused_before_its_head_start_plans(emulator, tmp_path):
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    with RunLease(ctx.ledger, "tagging:taken", ttl=30):
+        with pytest.raises(RunBusyError):
+            PlanAhead(ctx, "tagging:taken", sample_input(tmp_path), None).start()
+    assert ctx.ledger.run_by_key("tagging:taken") is None
