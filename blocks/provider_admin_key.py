@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
@@ -18,7 +20,8 @@ class ProviderAdminKey(Block):
     _block_type_slug = "lanewise-provider-admin-key"
     _description = "Admin key (cost reports) and optional base URL for one lanewise provider."
 
-    provider: str = Field(description="openai or anthropic.")
+    provider: Literal["openai", "anthropic"] = Field(
+        description="The provider this key is for: openai or anthropic.")
     admin_key: SecretStr = Field(description="The provider admin key.")
     base_url: str | None = Field(
         default=None, description="Override of the API base URL (OpenAI: ending in /v1).")

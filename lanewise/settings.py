@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, PrivateAttr, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 
 
+# Storage roots whose endpoint and keys come from the `storage_*` settings (s3fs).
+S3_SCHEMES = ("s3://", "s3a://")
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """A provider's rate limits as configured (None: no limit of that kind on our side)."""
+
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    output_tokens_per_minute: int | None
+    max_concurrency: int
+
+
 class Settings(BaseSettings):
-    """lanewise's settings; every field can be set as `LANEWISE_<FIELD>`."""
+    """lanewise's settings; every field can be set as `LANEWISE_<FIELD>`.
+
+    Fields can also come from saved Prefect blocks named by `*_settings_block`,
+    `storage_block` and `*_credentials_block`: see `with_blocks` (a value set in a named
+    block wins over the environment, which wins over the defaults here).
+    """
 
     model_config = SettingsConfigDict(env_prefix="LANEWISE_", extra="ignore")
 
@@ -44,6 +65,16 @@ class Settings(BaseSettings):
         description="Base URL of an emulator already running (e.g. http://127.0.0.1:8765); "
         "when unset and no API key is configured, the shared background emulator of `home` "
         "is used (started on first use; see docs/emulator.md).",
+    )
+    stack_prefect_port: int = Field(
+        default=4200, ge=0, le=65535,
+        description="Port of the Prefect server (API and UI) `lanewise up` starts; a free "
+        "one when it is taken (0: any free port).",
+    )
+    stack_emulator_port: int = Field(
+        default=8765, ge=0, le=65535,
+        description="Port of the emulator `lanewise up` starts; a free one when it is "
+        "taken (0: any free port).",
     )
     openai_credentials_block: str | None = Field(
         default=None,
@@ -153,6 +184,144 @@ class Settings(BaseSettings):
         "report differ by more than this many USD on any day, model and lane.",
     )
 
+    openai_settings_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-openai-settings` block; the values set in it "
+        "win over the LANEWISE_OPENAI_* environment variables.",
+    )
+    anthropic_settings_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-anthropic-settings` block; the values set in "
+        "it win over the LANEWISE_ANTHROPIC_* environment variables.",
+    )
+    storage_block: str | None = Field(
+        default=None,
+        description="Name of a saved `lanewise-storage` block; the values set in it win over "
+        "LANEWISE_STORAGE_ROOT and the LANEWISE_STORAGE_* environment variables.",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        description="OpenAI API base URL, ending in /v1 (proxies, gateways, Azure-style "
+        "endpoints); unset: the SDK's default (or its OPENAI_BASE_URL). A credentials "
+        "block's own base URL wins. Not used when lanewise runs on the emulator.",
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        description="Anthropic API base URL; unset: the SDK's default (or its "
+        "ANTHROPIC_BASE_URL). A credentials block's own base URL wins. Not used when "
+        "lanewise runs on the emulator.",
+    )
+    openai_default_model: str = Field(
+        default="gpt-4o-mini",
+        description="OpenAI model used when a request names none (the catalog's tasks "
+        "name their own).",
+    )
+    anthropic_default_model: str = Field(
+        default="claude-haiku-4-5",
+        description="Anthropic model used when a request names none (the catalog's tasks "
+        "name their own).",
+    )
+    openai_requests_per_minute: int | None = Field(
+        default=None, gt=0,
+        description="OpenAI requests per minute lanewise allows itself in the live lane "
+        "(your tier's RPM); unset: no limit on our side (the provider's 429s still apply).",
+    )
+    openai_tokens_per_minute: int | None = Field(
+        default=None, gt=0,
+        description="OpenAI tokens per minute (input plus output, your tier's TPM) for the "
+        "live lane; unset: no limit on our side.",
+    )
+    openai_max_concurrency: int = Field(
+        default=8, gt=0, description="Most OpenAI live calls in flight at once.")
+    anthropic_requests_per_minute: int | None = Field(
+        default=None, gt=0,
+        description="Anthropic requests per minute (RPM) for the live lane; unset: no limit "
+        "on our side (the provider's 429s still apply).",
+    )
+    anthropic_tokens_per_minute: int | None = Field(
+        default=None, gt=0,
+        description="Anthropic input tokens per minute (ITPM) for the live lane; unset: no "
+        "limit on our side.",
+    )
+    anthropic_output_tokens_per_minute: int | None = Field(
+        default=None, gt=0,
+        description="Anthropic output tokens per minute (OTPM) for the live lane; unset: no "
+        "limit on our side.",
+    )
+    anthropic_max_concurrency: int = Field(
+        default=8, gt=0, description="Most Anthropic live calls in flight at once.")
+    storage_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (MinIO, R2, moto, ...) for an "
+        "s3:// storage root; unset: AWS S3.",
+    )
+    storage_key_id: str | None = Field(
+        default=None,
+        description="Access key id for an s3:// storage root; unset: s3fs's own lookup "
+        "(AWS_ACCESS_KEY_ID, ~/.aws, instance role).",
+    )
+    storage_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret access key for an s3:// storage root (prefer a "
+        "`lanewise-storage` block); unset: s3fs's own lookup.",
+    )
+
+    # True on settings that `with_blocks` already laid the named blocks over.
+    _blocks_applied: bool = PrivateAttr(default=False)
+
+    @property
+    def names_blocks(self) -> bool:
+        """Whether a setting names a saved Prefect block the lanes read (credentials,
+        provider settings, storage): building a lane's context then needs the API."""
+        return any(getattr(self, name) for name in BLOCK_SETTINGS)
+
+    def with_blocks(self) -> Settings:
+        """These settings with the values of the saved blocks they name laid over them.
+
+        Per field: a value set in a named block wins; a field the block leaves empty
+        keeps the environment's (`LANEWISE_*`) value, else the default. Credentials
+        blocks are read where keys are needed (`lanewise.providers`). Without any block
+        named this reads nothing (and imports no Prefect); applied once per settings.
+        """
+        if self._blocks_applied:
+            return self
+        update: dict[str, Any] = {}
+        if self.names_blocks:
+            from blocks.loading import settings_overrides
+
+            update = settings_overrides(self)
+        resolved = self.model_copy(update=update)
+        resolved._blocks_applied = True
+        return resolved
+
+    def rate_limits(self, provider: str) -> RateLimits:
+        """The configured rate limits of `provider` (openai or anthropic)."""
+        return RateLimits(
+            requests_per_minute=getattr(self, f"{provider}_requests_per_minute"),
+            tokens_per_minute=getattr(self, f"{provider}_tokens_per_minute"),
+            output_tokens_per_minute=getattr(self, f"{provider}_output_tokens_per_minute",
+                                             None),
+            max_concurrency=getattr(self, f"{provider}_max_concurrency"),
+        )
+
+    def default_model(self, provider: str) -> str:
+        """The model used for `provider` when a request names none."""
+        return getattr(self, f"{provider}_default_model")
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for the storage root: endpoint and keys of an s3:// root (none
+        for other roots). Holds the plain secret: pass it to fsspec, never print it."""
+        if not self.resolved_storage_root.startswith(S3_SCHEMES):
+            return {}
+        options: dict[str, Any] = {}
+        if self.storage_endpoint_url:
+            options["endpoint_url"] = self.storage_endpoint_url
+        if self.storage_key_id:
+            options["key"] = self.storage_key_id
+        if self.storage_secret is not None:
+            options["secret"] = self.storage_secret.get_secret_value()
+        return options
+
     @property
     def resolved_database_url(self) -> str:
         """The ledger URL, defaulting to a SQLite file under `home`."""
@@ -164,6 +333,12 @@ class Settings(BaseSettings):
     def resolved_storage_root(self) -> str:
         """The storage root URL, defaulting to a folder under `home`."""
         return self.storage_root or str((self.home / "storage").resolve())
+
+
+# Settings that name a saved Prefect block the lanes read (admin keys are read by
+# `lanewise reconcile` alone).
+BLOCK_SETTINGS = ("openai_credentials_block", "anthropic_credentials_block",
+                  "openai_settings_block", "anthropic_settings_block", "storage_block")
 
 
 @lru_cache(maxsize=1)

@@ -86,7 +86,8 @@ class LaneContext:
     def build(cls, task_name: str, settings: Settings | None = None,
               **overrides: Any) -> LaneContext:
         """A context for `task_name` from the settings (ledger, storage, credentials)."""
-        settings = settings or get_settings()
+        # Values of the Prefect blocks the settings name win over the environment's.
+        settings = (settings or get_settings()).with_blocks()
         task = load_catalog(settings.catalog_path).get(task_name)
         adapter = overrides.pop("adapter", None) or get_adapter(task.provider, settings)
         ledger = overrides.pop("ledger", None) or Ledger(settings.resolved_database_url)
@@ -95,7 +96,7 @@ class LaneContext:
             budget = enqueued_token_budget(settings, ledger, task.provider, task.model)
         return cls(task=task, adapter=adapter, ledger=ledger,
                    storage=overrides.pop("storage", None) or Storage(
-                       settings.resolved_storage_root),
+                       settings.resolved_storage_root, **settings.storage_options()),
                    prices=load_price_table(settings.prices_path), settings=settings,
                    token_budget=budget, **overrides)
 

@@ -4,6 +4,9 @@ Credentials, in order: a saved Prefect block named by
 `LANEWISE_<PROVIDER>_CREDENTIALS_BLOCK`; the environment (`LANEWISE_<PROVIDER>_API_KEY`
 or the SDK's own `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`); otherwise the emulator
 (`LANEWISE_EMULATOR_URL`, or the shared background emulator of `LANEWISE_HOME`).
+The base URL of a real provider, in order: the credentials block's; the provider
+settings block's (`LANEWISE_<PROVIDER>_SETTINGS_BLOCK`); `LANEWISE_<PROVIDER>_BASE_URL`;
+the SDK's default.
 """
 
 from __future__ import annotations
@@ -54,21 +57,24 @@ def embedded_emulator_url(settings: Settings) -> str:
 
 def resolve_credentials(provider: str, settings: Settings | None = None) -> Credentials:
     """The credentials lanewise will use for `provider` (see the module docstring)."""
-    settings = settings or get_settings()
-    block_name = getattr(settings, f"{provider}_credentials_block")
+    settings = (settings or get_settings()).with_blocks()
+    base_url = getattr(settings, f"{provider}_base_url")
+    setting = f"{provider}_credentials_block"
+    block_name = getattr(settings, setting)
     if block_name:
+        from blocks.loading import load_block
         from blocks.provider_credentials import ProviderCredentials
 
-        try:
-            block = ProviderCredentials.load(block_name)
-        except ValueError as exc:
+        block = load_block(ProviderCredentials, block_name, setting)
+        if block.provider != provider:
             raise ConfigurationError(
-                f"cannot load the {provider} credentials block {block_name!r}: {exc}") from exc
-        return Credentials(block.api_key, block.base_url, "block")
+                f"the credentials block {block_name!r} (named by LANEWISE_{setting.upper()}) "
+                f"holds a key for {block.provider}, not {provider}")
+        return Credentials(block.api_key, block.base_url or base_url, "block")
     key = getattr(settings, f"{provider}_api_key") or (
         SecretStr(os.environ[SDK_ENV[provider]]) if os.environ.get(SDK_ENV[provider]) else None)
     if key is not None:
-        return Credentials(key, None, "environment")
+        return Credentials(key, base_url, "environment")
     if not settings.use_emulator:
         raise MissingCredentialsError(provider, SDK_ENV[provider],
                                       "lanewise-provider-credentials")

@@ -84,13 +84,11 @@ def admin_credentials(provider: str, settings: Settings) -> AdminCredentials:
     block_name = getattr(settings, f"{provider}_admin_key_block")
     default_base = OPENAI_API if provider == "openai" else ANTHROPIC_API
     if block_name:
+        from blocks.loading import load_block
         from blocks.provider_admin_key import ProviderAdminKey
 
-        try:
-            block = ProviderAdminKey.load(block_name)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"cannot load the {provider} admin key block {block_name!r}: {exc}") from exc
+        # load_block: a block failing validation must not print its key in the error.
+        block = load_block(ProviderAdminKey, block_name, f"{provider}_admin_key_block")
         return AdminCredentials(provider, block.admin_key, block.base_url or default_base,
                                 "block")
     key = getattr(settings, f"{provider}_admin_key") or (
