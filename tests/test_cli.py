@@ -50,6 +50,7 @@ def test_runs_and_shards_commands_read_the_ledger(emulator, tmp_path, monkeypatc
     from click.testing import CliRunner
 
     from lanewise import cli as cli_module
+    from lanewise import cli_history
     from lanewise.batch.runner import run_batch_lane
     from lanewise.cli import cli
     from lanewise.settings import get_settings
@@ -59,15 +60,23 @@ def test_runs_and_shards_commands_read_the_ledger(emulator, tmp_path, monkeypatc
     summary = run_batch_lane(ctx, "summary:cli", sample_input(tmp_path, rows=12))
     monkeypatch.setenv("LANEWISE_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(cli_module.console, "width", 200)
+    monkeypatch.setattr(cli_history.console, "width", 200)
     get_settings.cache_clear()
     try:
         runs = CliRunner().invoke(cli, ["runs"], terminal_width=200)
+        helped = CliRunner().invoke(cli, ["runs", "--help"])
         shards = CliRunner().invoke(cli, ["shards", "summary:cli"], terminal_width=200)
         missing = CliRunner().invoke(cli, ["shards", "nope"])
     finally:
         get_settings.cache_clear()
-    assert runs.exit_code == 0 and "summary:cli" in runs.output
-    assert f"${summary.cost_usd:,.6f}" in runs.output
+    assert runs.exit_code == 0 and "run summary:cli  created" in runs.output
+    row = next(line for line in runs.output.splitlines() if line.startswith("finished"))
+    assert row.split() == ["finished", "ticket-summary", "batch", "all", "rows", "12",
+                           f"{sum(n for s, n in summary.counts.items() if s != 'succeeded')}",
+                           f"${summary.cost_usd:,.6f}", f"${summary.saving_usd:,.6f}"]
+    assert summary.results_url.startswith("file:///")
+    assert f"results {summary.results_url}" in runs.output
+    assert "forget" in helped.output and "--json" in helped.output
     assert shards.exit_code == 0 and summary.batch_ids[0] in shards.output
     assert missing.exit_code != 0 and "no run 'nope'" in missing.output
 
@@ -139,3 +148,24 @@ def test_read_commands_refuse_a_postgres_database_without_a_ledger(monkeypatch):
         with engine.connect() as conn:
             assert not sa.inspect(conn).get_table_names()  # nothing was created
         engine.dispose()
+
+
+def test_run_refuses_an_end_before_its_start_before_touching_anything(tmp_path, monkeypatch):
+    """`lanewise run --start B --end A` with A before B is a usage error: no Prefect
+    server is started, no ledger is created."""
+    from click.testing import CliRunner
+
+    from lanewise.cli import cli
+    from lanewise.settings import get_settings
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LANEWISE_HOME", str(home))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["run", "ticket-tagging", "--input", "x.parquet",
+                                          "--start", "2026-11-07", "--end", "2026-11-01"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "--end 2026-11-01 is before --start 2026-11-07" in result.output
+    assert not home.exists()
