@@ -1,32 +1,35 @@
-"""Batch-lane flows: nightly runs and ad-hoc backfills. Thin: they only wire core steps."""
+"""Batch-lane flows: nightly runs and ad-hoc backfills. Thin: they only wire lanewise.
+
+Each takes one `params` model (lanewise/batch/flow_params.py), so the Prefect UI's
+custom-run form lists the fields with their descriptions and a choice of tasks. Prefect
+does not validate the parameters itself (validate_parameters=False): lanewise does, as
+the run starts, so a bad one fails the run with one line instead of Prefect's dump.
+"""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from typing import Any
 
 from prefect import flow
 
-from lanewise.batch.context import DateWindow, run_key_for
-from lanewise.batch.prefect_tasks import run_in_prefect
-
-SAMPLE_INPUT = "data/tickets.parquet"
-
-
-@flow(name="nightly-batch", log_prints=True)
-def nightly_batch(task: str = "ticket-tagging", input_url: str = SAMPLE_INPUT,
-                  run_date: date | None = None, filter_by_date: bool = True,
-                  run_key: str | None = None) -> dict:
-    """Run one task over one night's rows (yesterday by default) in the batch lane."""
-    day = run_date or date.today() - timedelta(days=1)
-    window = DateWindow(day, day) if filter_by_date else None
-    summary = run_in_prefect(task, run_key or run_key_for(task, None, day), input_url, window)
-    return summary.brief()
+from lanewise.batch import flow_runs
+from lanewise.batch.flow_params import (
+    BackfillParams,
+    NightlyParams,
+    backfill_run_name,
+    nightly_run_name,
+)
 
 
-@flow(name="backfill", log_prints=True)
-def backfill(task: str, start: date, end: date, input_url: str = SAMPLE_INPUT,
-             run_key: str | None = None) -> dict:
-    """Run one task over every row dated from `start` to `end` (inclusive) in the batch lane."""
-    window = DateWindow(start, end)
-    summary = run_in_prefect(task, run_key or run_key_for(task, window), input_url, window)
-    return summary.brief()
+@flow(name="nightly-batch", flow_run_name=nightly_run_name, validate_parameters=False)
+def nightly_batch(params: NightlyParams) -> Any:
+    """Run one task over one night's rows (the day before the scheduled time by default)
+    in the batch lane."""
+    return flow_runs.nightly(params)
+
+
+@flow(name="backfill", flow_run_name=backfill_run_name, validate_parameters=False)
+def backfill(params: BackfillParams) -> Any:
+    """Run one task over every row dated from start to end (inclusive) in the batch lane;
+    running the same range again resumes it and never pays twice."""
+    return flow_runs.backfill(params)

@@ -76,9 +76,9 @@ def run_demo(console: Console, input_url: str | None = None) -> None:
                     get_settings().home, launched=early,
                     notice=lambda message: console.print(f"[dim]{message}[/]")))
                 for task in DEMO_TASKS:
-                    brief = nightly_batch(task=task, input_url=input_url,
-                                          run_date=date.today(), filter_by_date=False,
-                                          run_key=f"{task}:demo-{stamp}")
+                    brief = nightly_batch(params=dict(
+                        task=task, input_url=input_url, run_date=date.today(),
+                        filter_by_date=False, run_key=f"{task}:demo-{stamp}"))
                     ctx = context_for(task)
                     run = ctx.ledger.run_by_key(brief["run_key"])
                     summaries.append(summarize(ctx.ledger, run["id"]))

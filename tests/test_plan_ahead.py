@@ -38,10 +38,26 @@ def test_a_head_start_plans_once_and_the_runner_keeps_its_lease(emulator, tmp_pa
     finally:
         plan_ahead.PlanAhead._plan = original
     assert planned == ["tagging:ahead"]
+    # What planning said during the head start reached the runner's log (in a flow: the
+    # flow run's Prefect logs) when the plan step took the result.
+    assert any("shard(s) planned" in msg for _, msg, _ in ahead.held_log.records)
     check_run(ctx, emulator, summary)
     assert batches_created(emulator) - created_before == len(summary.batch_ids)
     # The runner released the lease it was handed: another driver may take the key now.
     RunLease(ctx.ledger, "tagging:ahead", ttl=30).acquire().release()
+
+
+def test_the_head_starts_log_is_replayed_into_the_plan_steps_log(emulator, tmp_path,
+                                                                 caplog):
+    import logging
+
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    input_url = sample_input(tmp_path)
+    with PlanAhead(ctx, "tagging:logged", input_url, None):
+        with caplog.at_level(logging.INFO, logger="lanewise.batch"):
+            open_run(ctx, "tagging:logged", input_url)
+    assert any("shard(s) planned" in r.getMessage() and r.name == "lanewise.batch"
+               for r in caplog.records)
 
 
 def test_an_unclaimed_head_start_releases_its_lease(emulator, tmp_path):

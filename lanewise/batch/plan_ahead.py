@@ -13,9 +13,11 @@ head start nobody claims is released by `PlanAhead.close`.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lanewise.ledger.lease import RunLease
 
@@ -39,7 +41,10 @@ class PlanAhead:
         self.result: Future[int] = Future()
         self.claimed = False  # the runner took the lease over
         self.consumed = False  # the plan step took the result
-        self._ctx = ctx
+        # Planning's own context, with its log held back: no Prefect run exists yet, so
+        # the plan step replays these records into the flow run's logs.
+        self.held_log = HeldLog()
+        self._ctx = dataclasses.replace(ctx, log=self.held_log)
 
     def start(self) -> PlanAhead:
         """Take the lease (RunBusyError at once if another process drives the run key:
@@ -88,9 +93,43 @@ def take_lease(run_key: str) -> RunLease | None:
         return ahead.lease
 
 
-def planned_run(run_key: str, input_url: str, window: DateWindow | None) -> int | None:
+class HeldLog:
+    """A logger stand-in that keeps records to replay later (see `PlanAhead`)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, str, tuple[Any, ...]]] = []
+
+    def log(self, level: int, msg: str, *args: Any, **_: Any) -> None:
+        """Keep one record."""
+        self.records.append((level, msg, args))
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Keep a debug record."""
+        self.log(logging.DEBUG, msg, *args)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Keep an info record."""
+        self.log(logging.INFO, msg, *args)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Keep a warning."""
+        self.log(logging.WARNING, msg, *args)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """Keep an error."""
+        self.log(logging.ERROR, msg, *args)
+
+    def replay(self, target: Any) -> None:
+        """Send the kept records to `target` (a logger), in order."""
+        for level, msg, args in self.records:
+            target.log(level, msg, *args)
+
+
+def planned_run(run_key: str, input_url: str, window: DateWindow | None,
+                log: Any = None) -> int | None:
     """The run id a head start planned for exactly this run, waiting for it to finish
-    (re-raising its error); None when there is no head start for it."""
+    (re-raising its error) and replaying its log records into `log`; None when there is
+    no head start for it."""
     with _lock:
         ahead = _started.get(run_key)
         if (ahead is None or ahead.consumed or ahead.input_url != input_url
@@ -98,4 +137,7 @@ def planned_run(run_key: str, input_url: str, window: DateWindow | None) -> int 
             return None
         # Once only: a retried plan step plans for itself (resuming what this one did).
         ahead.consumed = True
+    ahead.result.exception()  # wait for it, whatever its outcome
+    if log is not None:
+        ahead.held_log.replay(log)
     return ahead.result.result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,7 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
     (or a head start in this process planned it: `plan_ahead`)."""
     from lanewise.batch import plan_ahead
 
-    planned = plan_ahead.planned_run(run_key, input_url, window)
+    planned = plan_ahead.planned_run(run_key, input_url, window, log=ctx.log)
     return planned if planned is not None else plan_run_now(ctx, run_key, input_url, window)
 
 
@@ -79,7 +80,22 @@ def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
             ctx.ledger.reset_planning(run["id"])
             raise
         ctx.ledger.set_run(run["id"], status="running")
+    else:
+        _log_resumed(ctx, run)
     return run["id"]
+
+
+def _log_resumed(ctx: LaneContext, run: dict[str, Any]) -> None:
+    """Say what a resumed run finds: its batches already created are reattached, not sent
+    again."""
+    shards = ctx.ledger.shards(run["id"])
+    sent = [s for s in shards if s["provider_batch_id"]]
+    ctx.log.info("resuming run %s (%s): %d shard(s), %d with a batch already created",
+                 run["run_key"], run["status"], len(shards), len(sent))
+    for shard in sent:
+        if shard["status"] != "collected":
+            ctx.log.info("reattached to batch %s of shard %s (%s)", shard["provider_batch_id"],
+                         shard["shard_key"], shard["status"])
 
 
 def _same_input(recorded: str, given: str) -> bool:
@@ -100,7 +116,9 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
     rows = read_rows(input_url, _needed_columns(ctx, window))
+    read = outside = 0
     for chunk in _chunks(rows, PLAN_CHUNK):
+        read += len(chunk)
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
         requests: dict[int, PreparedRequest] = {}
@@ -109,6 +127,7 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             if window is not None and date_column:
                 inside = window.contains(row.values.get(date_column))
                 if inside is False:
+                    outside += 1
                     continue
                 if inside is None and row.problem is None:
                     row.problem = (date_column, "missing or unreadable date")
@@ -150,6 +169,20 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
     closed = writer.close()
     if closed is not None:
         _record_shard(ctx, run_id, run_key, 0, closed)
+    _log_planned(ctx, run_id, input_url, window, read, outside)
+
+
+def _log_planned(ctx: LaneContext, run_id: int, input_url: str, window: DateWindow | None,
+                 read: int, outside: int) -> None:
+    """Rows read, taken, rejected, and the shards planned (a warning when none was taken)."""
+    counts = ctx.ledger.count_items(run_id)
+    taken = sum(counts.values())
+    picked = f"{taken} dated {window.start}..{window.end} ({outside} outside)" \
+        if window is not None else f"{taken} taken"
+    ctx.log.log(logging.INFO if taken else logging.WARNING,
+                "read %d row(s) of %s: %s, %d rejected as bad input; %d shard(s) planned",
+                read, input_url, picked, counts.get("rejected", 0),
+                len(ctx.ledger.shards(run_id)))
 
 
 def _needed_columns(ctx: LaneContext, window: DateWindow | None) -> list[str]:
@@ -222,4 +255,10 @@ def plan_retries(ctx: LaneContext, run_id: int, run_key: str) -> None:
              "error_reason": "retry impossible: the request line is missing from its shard file"}
             for wanted in waiting.values() for item in wanted.values() if item["id"] not in found]
     ctx.ledger.update_items(lost, where_status="retry")
+    planned = sum(1 for s in ctx.ledger.shards(run_id) if s["attempt"] == round_number)
+    ctx.log.info("retries planned in round r%d: %d request(s) in %d shard(s)", round_number,
+                 len(found), planned - existing)
+    if lost:
+        ctx.log.warning("%d request(s) cannot be retried (their line is missing from the "
+                        "shard file): marked failed", len(lost))
 

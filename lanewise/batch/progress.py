@@ -1,8 +1,12 @@
-"""Progress reporting: a Prefect progress artifact, plus listeners in this process (CLI)."""
+"""Progress and logs of a run: a Prefect progress artifact, the run's Prefect logs, and
+listeners in this process (CLI)."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 Listener = Callable[[str, int, int, str], None]
@@ -24,13 +28,12 @@ def notify(run_key: str, done: int, total: int, message: str) -> None:
 class PrefectProgress:
     """Advances one Prefect progress artifact as shards finish."""
 
-    def __init__(self, run_key: str) -> None:
+    def __init__(self, run_key: str, key: str, label: str) -> None:
         from prefect.artifacts import create_progress_artifact
 
         self.run_key = run_key
         self.artifact_id: UUID = create_progress_artifact(
-            0.0, key=artifact_key("progress", run_key),
-            description=f"Rows finished in run {run_key}")
+            0.0, key=key, description=f"Rows finished in {label} (run {run_key})")
 
     def __call__(self, done: int, total: int, message: str) -> None:
         from prefect.artifacts import update_progress_artifact
@@ -40,7 +43,30 @@ class PrefectProgress:
         notify(self.run_key, done, total, message)
 
 
-def artifact_key(kind: str, run_key: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in run_key.lower())
-    return f"lanewise-{kind}-{cleaned}".replace("--", "-")[:120].strip("-")
+def artifact_key(task: str, lane: str, kind: str) -> str:
+    """A stable artifact key per task, lane and kind (`ticket-tagging-batch-cost`): every
+    run of the task adds a version, so the Prefect UI shows its history across nights.
+    Keys allow lowercase letters, digits and dashes only."""
+    raw = f"{task}-{lane}-{kind}".lower()
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")[:100]
+
+
+class RunLog(logging.LoggerAdapter):
+    """ctx.log inside a flow: each record goes to the current Prefect run's logs (the
+    task run's, else the flow run's), which the UI shows on the flow run's page; outside
+    a run, to the `lanewise.batch` logger. Resolved per record, so one cached lane
+    context serves flow runs one after another and steps run as tasks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("lanewise.batch"), {})
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        """Send one record to the run's logs."""
+        from prefect.exceptions import MissingContextError
+        from prefect.logging import get_run_logger
+
+        try:
+            target: logging.Logger | logging.LoggerAdapter = get_run_logger()
+        except MissingContextError:
+            target = self.logger
+        target.log(level, msg, *args, **kwargs)

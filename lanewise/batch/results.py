@@ -47,21 +47,79 @@ class RunSummary:
     cache_write_1h_tokens: int = 0
     #: Reasoning tokens, already counted in `output_tokens` (billed as output).
     reasoning_tokens: int = 0
+    input_url: str | None = None
+    #: The run's date window (ISO dates), None when it took every row of its input.
+    window_start: str | None = None
+    window_end: str | None = None
+    lane: str = "batch"
+    prefect_flow_run_id: str | None = None
+    #: What this attempt (one flow run) spent: the run's cost at its end minus at its
+    #: start. None when the summary is not of an attempt (the CLI's history).
+    attempt_cost_usd: Decimal | None = None
 
     @property
     def saving_usd(self) -> Decimal:
         """What the batch lane saved against the live lane."""
         return self.live_cost_usd - self.cost_usd
 
+    @property
+    def succeeded(self) -> int:
+        """Rows that got a valid answer."""
+        return self.counts.get("succeeded", 0)
+
+    @property
+    def window(self) -> str | None:
+        """The date window as text (`2026-11-29` or `2026-11-01..2026-11-07`)."""
+        if not self.window_start:
+            return None
+        if self.window_end in (None, self.window_start):
+            return self.window_start
+        return f"{self.window_start}..{self.window_end}"
+
+    def empty_note(self) -> str | None:
+        """Why the run had nothing to do, when it had no rows (a warning), else None."""
+        if self.rows:
+            return None
+        where = f"in window {self.window} of {self.input_url}" if self.window \
+            else f"in {self.input_url}"
+        return f"no rows {where}: nothing was sent and nothing was paid"
+
+    def outcome_line(self) -> str:
+        """The outcome in one line: rows, succeeded, failed, cost, saving (a flow run's
+        final state message)."""
+        label = f"{self.task} {self.window}" if self.window else self.run_key
+        note = self.empty_note()
+        if note is not None:
+            return f"WARNING: {label}: {note}"
+        failed = self.rows - self.succeeded
+        kinds = [f"{n:,} {status.replace('_', ' ')}" for status, n in sorted(self.counts.items())
+                 if status != "succeeded" and n]
+        detail = f" ({', '.join(kinds)})" if failed and len(kinds) > 1 else ""
+        attempt = "" if self.attempt_cost_usd is None else \
+            f" (this attempt {_usd(self.attempt_cost_usd)})"
+        share = f" ({self.saving_usd / self.live_cost_usd:.0%})" if self.live_cost_usd else ""
+        rows = f"{self.rows:,} row{'s' if self.rows != 1 else ''}"
+        return (f"{label}: {rows}, {self.succeeded:,} succeeded, {failed:,} failed"
+                f"{detail}, cost {_usd(self.cost_usd)}{attempt}, saving "
+                f"{_usd(self.saving_usd)}{share} vs live")
+
     def brief(self) -> dict[str, Any]:
         """A small JSON-able digest (a flow's return value)."""
         return {"run_key": self.run_key, "rows": self.rows, "counts": self.counts,
                 "cost_usd": str(self.cost_usd), "live_cost_usd": str(self.live_cost_usd),
-                "results_url": self.results_url}
+                "attempt_cost_usd": None if self.attempt_cost_usd is None
+                else str(self.attempt_cost_usd),
+                "results_url": self.results_url, "outcome": self.outcome_line()}
 
     def cost_rows(self) -> list[dict[str, Any]]:
         """The summary as table rows (for Prefect table artifacts and the CLI)."""
+        attempt = [] if self.attempt_cost_usd is None else [
+            {"metric": "cost this attempt USD", "value": f"{self.attempt_cost_usd:.6f}"}]
         return [
+            {"metric": "run", "value": self.run_key},
+            {"metric": "window", "value": self.window or "every row"},
+            *attempt,
+            {"metric": "cost of the run in all USD", "value": f"{self.cost_usd:.6f}"},
             {"metric": "rows", "value": self.rows},
             *({"metric": status, "value": n} for status, n in sorted(self.counts.items())),
             {"metric": "input tokens", "value": self.input_tokens},
@@ -70,17 +128,25 @@ class RunSummary:
             {"metric": "cache write tokens (1 hour)", "value": self.cache_write_1h_tokens},
             {"metric": "output tokens", "value": self.output_tokens},
             {"metric": "of which reasoning", "value": self.reasoning_tokens},
-            {"metric": "cost (batch) USD", "value": f"{self.cost_usd:.6f}"},
             {"metric": "same work live USD", "value": f"{self.live_cost_usd:.6f}"},
             {"metric": "saving USD", "value": f"{self.saving_usd:.6f}"},
         ]
 
     def markdown(self) -> str:
         """A readable markdown summary of the run."""
-        lines = [f"# {self.task}: run `{self.run_key}`", "",
-                 f"{self.provider} / {self.model}, {self.shards} shard(s), "
-                 f"results: `{self.results_url}`", "",
-                 "| metric | value |", "|---|---:|"]
+        title = f"{self.task} {self.window}" if self.window else f"{self.task}: {self.run_key}"
+        lines = [f"# {title}", "", f"**{self.outcome_line()}**", ""]
+        note = self.empty_note()
+        if note is not None:
+            lines += [f"> **Warning**: {note}. Check the input and the dates.", ""]
+        if self.attempt_cost_usd is not None:
+            lines += [f"This attempt spent {_usd(self.attempt_cost_usd)}; the run has spent "
+                      f"{_usd(self.cost_usd)} in all.", ""]
+        lines += [f"- run key: `{self.run_key}`", f"- input: `{self.input_url}`",
+                  f"- {self.provider} / {self.model}, {self.shards} shard(s)" + _batches(
+                      self.batch_ids),
+                  f"- results: `{self.results_url}`", "",
+                  "| metric | value |", "|---|---:|"]
         lines += [f"| {r['metric']} | {r['value']} |" for r in self.cost_rows()]
         if self.reasons:
             lines += ["", "## Not succeeded, by reason", "", "| status | reason | rows |",
@@ -106,7 +172,22 @@ def summarize(ledger: Ledger, run_id: int) -> RunSummary:
         live_cost_usd=from_picodollars(totals["live_cost_picodollars"]),
         shards=len(shard_rows),
         batch_ids=[s["provider_batch_id"] for s in shard_rows if s["provider_batch_id"]],
-        results_url=run["results_url"])
+        results_url=run["results_url"], input_url=run["input_url"],
+        window_start=run.get("window_start"), window_end=run.get("window_end"),
+        lane=run.get("lane") or "batch", prefect_flow_run_id=run.get("prefect_flow_run_id"))
+
+
+def _batches(batch_ids: list[str], shown: int = 10) -> str:
+    """The provider batch ids, the first few of a long list."""
+    if not batch_ids:
+        return ""
+    more = f" and {len(batch_ids) - shown:,} more" if len(batch_ids) > shown else ""
+    return ", batches: " + ", ".join(f"`{b}`" for b in batch_ids[:shown]) + more
+
+
+def _usd(amount: Decimal) -> str:
+    """Dollars with enough places to see sub-cent batch costs."""
+    return f"${amount:,.6f}"
 
 
 def _schema(fields: list[str]) -> pa.Schema:

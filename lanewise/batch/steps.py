@@ -56,6 +56,9 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
                                            shard["intent_at"], ctx.ledger.claimed_batch_ids())
             if found is not None:
                 ctx.ledger.record_submitted(shard_id, found)
+                ctx.log.info("reattached shard %s to batch %s, found at the provider (its "
+                             "create was interrupted); nothing sent again",
+                             shard["shard_key"], found)
                 return ctx.ledger.shard(shard_id)["provider_batch_id"]
         # Nobody pays twice: the intent is a compare-and-set under the run's lease, so
         # no second process can create this shard's batch in parallel.
@@ -81,6 +84,8 @@ def submit_shard(ctx: LaneContext, shard_id: int) -> str | None:
                                f"process while this one created {batch_id}; cancelled "
                                f"{batch_id} and stopped")
         ctx.crash_hook("after_record")
+        ctx.log.info("created batch %s for shard %s (%d requests)", batch_id,
+                     shard["shard_key"], shard["request_count"])
         return batch_id
 
 
@@ -170,6 +175,13 @@ def _deadline(ctx: LaneContext, shard: dict[str, Any]) -> float:
 
 
 def _record_end(ctx: LaneContext, shard_id: int, state: BatchState) -> None:
+    shard = ctx.ledger.shard(shard_id)
+    if state.phase == "ended":
+        ctx.log.info("batch %s of shard %s ended: %s", shard["provider_batch_id"],
+                     shard["shard_key"], state.provider_status)
+    else:
+        ctx.log.warning("batch %s of shard %s failed: %s: %s", shard["provider_batch_id"],
+                        shard["shard_key"], state.failure_code, state.failure_message)
     ctx.ledger.set_shard(
         shard_id, status="ended" if state.phase == "ended" else "failed",
         provider_status=state.provider_status,
