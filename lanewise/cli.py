@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 from rich.console import Console
 
+from lanewise import cli_history
 from lanewise.errors import LanewiseError
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
     """
     import contextlib
     import os
-    from datetime import date, datetime, timedelta
+    from datetime import datetime, timedelta, timezone
 
     from lanewise.catalog import load_catalog
     from lanewise.ops.prefect_server import early_temporary_server
@@ -131,6 +132,10 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
 
     if (start is None) != (end is None):
         raise click.UsageError("--start and --end go together")
+    if start is not None and end < start:
+        # Refused before anything is planned: no empty run is left in the ledger.
+        raise click.UsageError(f"--end {end:%Y-%m-%d} is before --start {start:%Y-%m-%d}; "
+                               "pick an end on or after the start")
     if wait_seconds is not None:
         os.environ["LANEWISE_LEASE_WAIT_SECONDS"] = str(wait_seconds)
         get_settings.cache_clear()
@@ -142,7 +147,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
     load_catalog(settings.catalog_path).get(task)  # an unknown task starts nothing
     # Credentials kept in Prefect blocks are read from the API the flow will use, and
     # live in the database Prefect itself uses.
-    from_blocks = bool(settings.openai_credentials_block or settings.anthropic_credentials_block)
+    from_blocks = settings.names_blocks  # credentials, provider settings or storage blocks
     with contextlib.ExitStack() as stack:
         # First thing: the temporary Prefect server (if one is needed), so that its
         # start overlaps all that this process does before the flow can run.
@@ -157,7 +162,9 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
             window = DateWindow(start.date(), end.date())
             run_key = run_key or run_key_for(task, window)
         else:
-            day = run_date.date() if run_date else date.today() - timedelta(days=1)
+            # Yesterday in UTC, as a scheduled nightly run takes it (flow_params).
+            day = run_date.date() if run_date else \
+                datetime.now(timezone.utc).date() - timedelta(days=1)
             run_date = datetime.combine(day, datetime.min.time())
             window = None if all_rows else DateWindow(day, day)
             run_key = run_key or run_key_for(task, None, day)
@@ -182,12 +189,13 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
             if from_blocks:
                 context_for(task)
             if start is not None:
-                brief = backfill(task=task, start=start.date(), end=end.date(),
-                                 input_url=input_url, run_key=run_key)
+                brief = backfill(params=dict(task=task, start=start.date(), end=end.date(),
+                                             input_url=input_url, run_key=run_key))
             else:
-                brief = nightly_batch(task=task, input_url=input_url,
-                                      run_date=run_date.date() if run_date else None,
-                                      filter_by_date=not all_rows, run_key=run_key)
+                brief = nightly_batch(params=dict(
+                    task=task, input_url=input_url,
+                    run_date=run_date.date() if run_date else None,
+                    filter_by_date=not all_rows, run_key=run_key))
     ctx = context_for(task)
     summary = summarize(ctx.ledger, ctx.ledger.run_by_key(brief["run_key"])["id"])
     print_runs(console, [summary], "What the run cost")
@@ -198,14 +206,9 @@ def _note(message: str) -> None:
     print(f"lanewise: {message}", file=sys.stderr, flush=True)
 
 
-@cli.command()
-@click.option("--limit", default=20, show_default=True, help="How many recent runs.")
-def runs(limit: int) -> None:
-    """Run history with cost, newest first, from the ledger."""
-    from lanewise.batch.results import summarize_recent
-    from lanewise.reporting import cost_table
-
-    console.print(cost_table(summarize_recent(limit), "Recent runs"))
+# `lanewise runs` (with `runs forget`) and `lanewise costs`: lanewise/cli_history.py.
+cli.add_command(cli_history.runs)
+cli.add_command(cli_history.costs)
 
 
 @cli.command()
@@ -375,3 +378,10 @@ def main() -> None:
     except LanewiseError as exc:
         error_console.print(f"[bold red]error:[/] {exc}")
         sys.exit(1)
+
+
+# `lanewise up`, `down` and `status` (the local stack): lanewise/cli_ops.py.
+from lanewise import cli_ops  # noqa: E402 - registered after the group is defined
+
+for _command in (cli_ops.up, cli_ops.down, cli_ops.status):
+    cli.add_command(_command)

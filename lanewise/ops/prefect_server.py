@@ -1,10 +1,12 @@
 """The Prefect API a command runs its flows against.
 
-With `PREFECT_API_URL` set, that server. Without it, Prefect would start a temporary
-server of its own, and a `lanewise run` killed with SIGKILL would leave it running,
-reparented, for good (~230 MB each). So lanewise starts the temporary server itself,
-with the same command Prefect uses, as a child that the kernel kills when its parent
-dies (PR_SET_PDEATHSIG), and stops it when the command ends.
+With `PREFECT_API_URL` set, that server. Else, when `lanewise up` runs the stack of
+this `LANEWISE_HOME`, the stack's server (`lanewise.ops.stack.stack_api_url`). Without
+either, Prefect would start a temporary server of its own, and a `lanewise run` killed
+with SIGKILL would leave it running, reparented, for good (~230 MB each). So lanewise
+starts the temporary server itself, with the same command Prefect uses, as a child
+that the kernel kills when its parent dies (PR_SET_PDEATHSIG), and stops it when the
+command ends.
 
 Starting it is cheap to ask for and slow to finish (the server imports for ~4 s), so
 `launch_temporary_server` only spawns it, without importing Prefect here, and a
@@ -317,10 +319,13 @@ def _api_url_may_be_configured() -> bool:
 @contextlib.contextmanager
 def early_temporary_server(home: Path, *, own_database: bool = True
                            ) -> Iterator[TemporaryServer | None]:
-    """Launch the temporary server now if no PREFECT_API_URL is in sight, before this
-    process imports Prefect; stops it when the block ends. Hand it to `prefect_api`,
-    which uses it, or stops it if Prefect's settings name an API after all."""
-    if _api_url_may_be_configured():
+    """Launch the temporary server now if no PREFECT_API_URL is in sight and the stack
+    of `home` is not up, before this process imports Prefect; stops it when the block
+    ends. Hand it to `prefect_api`, which uses it, or stops it if Prefect's settings
+    name an API after all."""
+    from lanewise.ops.stack_state import stack_api_url
+
+    if _api_url_may_be_configured() or stack_api_url(home):
         yield None
         return
     server = launch_temporary_server(home, own_database=own_database)
@@ -341,11 +346,14 @@ def _startup_timeout() -> float:
 def prefect_api(home: Path | None = None, *, launched: TemporaryServer | None = None,
                 own_database: bool = True,
                 notice: Callable[[str], None] | None = None) -> Iterator[str]:
-    """The Prefect API for this command: the configured one, or a temporary server that
-    lives exactly as long as this process (see the module docstring): `launched` if
-    given, else one started now under `home`. `notice` is told, once, that a
-    temporary server is in use and how to avoid it."""
+    """The Prefect API for this command: the configured one; else the server of the
+    stack `lanewise up` runs for `home`; else a temporary server that lives exactly as
+    long as this process (see the module docstring): `launched` if given, else one
+    started now under `home`. `notice` is told, once, which server is in use when it
+    is not the configured one."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lanewise.ops.stack_state import stack_api_url
 
     configured = PREFECT_API_URL.value()
     if configured:
@@ -353,11 +361,24 @@ def prefect_api(home: Path | None = None, *, launched: TemporaryServer | None = 
             launched.stop()  # launched on a guess: a profile or file names the API
         yield configured
         return
-    if launched is None:
-        if home is None:
-            from lanewise.settings import get_settings
+    if home is None:
+        from lanewise.settings import get_settings
 
-            home = get_settings().home
+        home = get_settings().home
+    stack_url = stack_api_url(home)
+    if stack_url:
+        if launched is not None:
+            launched.stop()  # the stack came up since the launch
+        if notice is not None:
+            notice(f"using the Prefect server of `lanewise up` "
+                   f"(UI {stack_url.removesuffix('/api')})")
+        with temporary_settings(updates={PREFECT_API_URL: stack_url}):
+            try:
+                yield stack_url
+            finally:
+                _drain_prefect_workers()
+        return
+    if launched is None:
         launched = launch_temporary_server(home, own_database=own_database)
     try:
         if notice is not None:
