@@ -13,20 +13,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lanewise.emulator.config import EMULATOR_API_KEY, EmulatorConfig, Faults, Limits, Timing
+    from lanewise.emulator.config import (
+        EMULATOR_API_KEY,
+        BudgetRule,
+        EmulatorConfig,
+        Faults,
+        Limits,
+        RateLimits,
+        Timing,
+    )
     from lanewise.emulator.server import RunningEmulator, running_emulator
 
 _HOMES = {
     "EmulatorConfig": "lanewise.emulator.config", "Faults": "lanewise.emulator.config",
     "Limits": "lanewise.emulator.config", "Timing": "lanewise.emulator.config",
+    "RateLimits": "lanewise.emulator.config", "BudgetRule": "lanewise.emulator.config",
     "EMULATOR_API_KEY": "lanewise.emulator.config",
     "RunningEmulator": "lanewise.emulator.server",
     "running_emulator": "lanewise.emulator.server",
 }
 
 __all__ = [
-    "EMULATOR_API_KEY", "EmulatorConfig", "Faults", "Limits", "RunningEmulator", "Timing",
-    "running_emulator",
+    "EMULATOR_API_KEY", "BudgetRule", "EmulatorConfig", "Faults", "Limits", "RateLimits",
+    "RunningEmulator", "Timing", "running_emulator",
 ]
 
 

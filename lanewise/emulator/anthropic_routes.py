@@ -12,12 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 
-from lanewise.emulator.engine import InvalidRequest
-from lanewise.emulator.http_errors import FAULT_MESSAGES, anthropic_credit_error, anthropic_error
+from lanewise.emulator.http_errors import anthropic_credit_error, anthropic_error
 from lanewise.emulator.jobs import BatchJob
+from lanewise.emulator.live_calls import serve_live_call
 from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
-from lanewise.pricing import Lane
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 PROCESSING_STATUS = {"validating": "in_progress", "in_progress": "in_progress",
@@ -67,35 +66,7 @@ def build_router(state: EmulatorState) -> APIRouter:
 
     @router.post("/v1/messages")
     async def create_message(request: Request) -> Any:
-        state.stats["anthropic_live_calls"] += 1
-        await asyncio.sleep(state.live_latency())
-        fault = state.live_fault("anthropic")
-        if fault is not None and fault.kind == "insufficient_quota":
-            return anthropic_credit_error()
-        if fault is not None:
-            status, retry_after = fault.status, fault.retry_after
-            headers = {}
-            if status == 429:
-                wait = retry_after if retry_after is not None else (
-                    state.config.faults.retry_after_seconds)
-                headers = {"retry-after": f"{wait:g}"}
-            return anthropic_error(status, FAULT_MESSAGES[status], headers=headers)
-        try:
-            body = await request.json()
-            answer = state.engine.anthropic_message(body, Lane.LIVE)
-        except ValueError:
-            return anthropic_error(400, "The request body is not valid JSON.")
-        except InvalidRequest as error:
-            return anthropic_error(error.status, error.message, kind=error.kind)
-        request_id = f"req_{answer.body['id'][-16:]}"
-        state.billing.add([state.billing.row("anthropic", Lane.LIVE, answer.model,
-                                             answer.usage, request_id=request_id)])
-        headers = {"request-id": request_id,
-                   "anthropic-ratelimit-requests-limit": "4000",
-                   "anthropic-ratelimit-requests-remaining": "3999",
-                   "anthropic-ratelimit-tokens-limit": "400000",
-                   "anthropic-ratelimit-tokens-remaining": "399000"}
-        return JSONResponse(answer.body, headers=headers)
+        return await serve_live_call(state, request, "anthropic")
 
     @router.post("/v1/messages/batches")
     async def create_batch(request: Request) -> Any:

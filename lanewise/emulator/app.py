@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError, model_validator
 
 from lanewise.emulator import anthropic_routes, cost_reports, openai_routes
-from lanewise.emulator.config import Faults, Timing
+from lanewise.emulator.config import Faults, RateLimits, Timing
 from lanewise.emulator.http_errors import auth_failure
 from lanewise.emulator.state import EmulatorState, ScriptedFault
 
@@ -26,6 +26,7 @@ class ScriptedFaultIn(BaseModel):
     provider: Literal["openai", "anthropic"] | None = None
     retry_after: float | None = None
     kind: Literal["insufficient_quota"] | None = None
+    model: str | None = None
 
     @model_validator(mode="after")
     def _status_or_kind(self) -> ScriptedFaultIn:
@@ -88,6 +89,29 @@ def create_app(state: EmulatorState) -> FastAPI:
         except (ValueError, ValidationError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return state.config.timing.model_dump()
+
+    @app.get(f"{CONTROL_PREFIX}/rate-limits")
+    def get_rate_limits() -> dict[str, Any]:
+        return state.config.rate_limits.model_dump()
+
+    @app.patch(f"{CONTROL_PREFIX}/rate-limits")
+    async def patch_rate_limits(request: Request) -> Any:
+        # What was counted stays counted: a new budget applies to the usage so far.
+        try:
+            merged = {**state.config.rate_limits.model_dump(), **(await request.json())}
+            state.set_rate_limits(RateLimits.model_validate(merged), reset_usage=False)
+        except (ValueError, TypeError, ValidationError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return state.config.rate_limits.model_dump()
+
+    @app.get(f"{CONTROL_PREFIX}/rate-limits/usage")
+    def rate_limit_usage() -> dict[str, Any]:
+        return {"data": state.rate_limiter.usage()}
+
+    @app.delete(f"{CONTROL_PREFIX}/rate-limits/usage")
+    def forget_rate_limit_usage() -> dict[str, Any]:
+        state.rate_limiter.reset()
+        return {"cleared": True}
 
     @app.get(f"{CONTROL_PREFIX}/billing")
     def billing(provider: str | None = None, lane: str | None = None,

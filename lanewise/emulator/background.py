@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
 
-from lanewise.emulator.config import EmulatorConfig, Faults, Timing
+from lanewise.emulator.config import EmulatorConfig, Faults, RateLimits, Timing
 from lanewise.emulator.folder import read_server_info, waiting_lock
 from lanewise.errors import ConfigurationError, LanewiseError
 
@@ -137,12 +139,24 @@ def idle_seconds_from_env() -> float:
 
 
 def config_from_env() -> EmulatorConfig:
-    """Default config, with any `LANEWISE_EMULATOR_<FIELD>` of `Timing` or `Faults`."""
-    sections: dict[str, dict[str, str]] = {"timing": {}, "faults": {}}
-    for section, model in (("timing", Timing), ("faults", Faults)):
-        for name in model.model_fields:
+    """Default config, with any `LANEWISE_EMULATOR_<FIELD>` of `Timing`, `Faults` or
+    `RateLimits` (a list field as comma-separated values; `rules` as JSON)."""
+    sections: dict[str, dict[str, object]] = {"timing": {}, "faults": {}, "rate_limits": {}}
+    for section, model in (("timing", Timing), ("faults", Faults),
+                           ("rate_limits", RateLimits)):
+        for name, field in model.model_fields.items():
             raw = os.environ.get(f"LANEWISE_EMULATOR_{name.upper()}")
-            if raw is not None:
+            if raw is None:
+                continue
+            if name == "rules":
+                try:
+                    sections[section][name] = json.loads(raw)
+                except ValueError:
+                    raise ConfigurationError(
+                        f"LANEWISE_EMULATOR_RULES must be a JSON list: {raw!r}") from None
+            elif typing.get_origin(field.annotation) is list:
+                sections[section][name] = [v.strip() for v in raw.split(",") if v.strip()]
+            else:
                 sections[section][name] = raw
     try:
         return EmulatorConfig.model_validate(sections)

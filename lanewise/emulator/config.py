@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 PRICES_ENV = "LANEWISE_EMULATOR_PRICES"
 ORGANIZATION_ID = "org-lanewise-emulator"
+#: The organization Anthropic's rate-limit messages name (Anthropic's are UUIDs).
+ANTHROPIC_ORGANIZATION_ID = "0e1a7c55-5e6d-4f1b-9c3a-1a2e3b4c5d6e"
 #: The key the emulator accepts by default (any key, unless configured otherwise).
 EMULATOR_API_KEY = "sk-lanewise-emulator"
 
@@ -75,6 +78,71 @@ class Faults(BaseModel):
         False, description="Anthropic is out of credit: live calls and batch creates answer "
         "400 'Your credit balance is too low'."
     )
+    live_scope_providers: list[Literal["openai", "anthropic"]] = Field(
+        default_factory=list, description="Only live calls to these providers get the random "
+        "live faults and the added latency (empty: both)."
+    )
+    live_scope_models: list[str] = Field(
+        default_factory=list, description="Only live calls for these models get the random "
+        "live faults and the added latency (empty: every model)."
+    )
+
+    def live_scope_holds(self, provider: str, model: str | None) -> bool:
+        """Whether the random live faults and latency apply to a call of `provider`/`model`."""
+        return ((not self.live_scope_providers or provider in self.live_scope_providers)
+                and (not self.live_scope_models or model in self.live_scope_models))
+
+
+class Budget(BaseModel):
+    """A per-minute budget of one API key for one model; 0 means not metered."""
+
+    requests_per_minute: int = Field(
+        0, ge=0, description="Live requests per minute per key and model (0: not metered).")
+    tokens_per_minute: int = Field(
+        0, ge=0, description="Live tokens (input + output) per minute per key and model: "
+        "OpenAI's TPM; on Anthropic an extra combined budget (0: not metered).")
+    input_tokens_per_minute: int = Field(
+        0, ge=0, description="Anthropic input tokens per minute (ITPM) per key and model "
+        "(0: not metered).")
+    output_tokens_per_minute: int = Field(
+        0, ge=0, description="Anthropic output tokens per minute (OTPM) per key and model "
+        "(0: not metered).")
+
+
+class BudgetRule(BaseModel):
+    """A budget for the calls it matches (a key, a provider, a model, or a mix); its unset
+    fields are inherited from less specific rules and the defaults."""
+
+    key: str | None = Field(None, description="The API key it applies to (any when unset).")
+    provider: Literal["openai", "anthropic"] | None = Field(
+        None, description="The provider it applies to (any when unset).")
+    model: str | None = Field(None, description="The model it applies to (any when unset).")
+    requests_per_minute: int | None = Field(None, ge=0)
+    tokens_per_minute: int | None = Field(None, ge=0)
+    input_tokens_per_minute: int | None = Field(None, ge=0)
+    output_tokens_per_minute: int | None = Field(None, ge=0)
+
+    def matches(self, provider: str, key: str, model: str) -> bool:
+        """Whether this rule applies to a call of `key` to `provider`'s `model`."""
+        return (self.key in (None, key) and self.provider in (None, provider)
+                and self.model in (None, model))
+
+    def specificity(self) -> int:
+        """Rank among matching rules: a key outranks a model, which outranks a provider."""
+        return (4 if self.key is not None else 0) + (2 if self.model is not None else 0) + (
+            1 if self.provider is not None else 0)
+
+
+class RateLimits(Budget):
+    """The live calls' rate-limit budgets: these defaults for every key and model, refined by
+    `rules`; counted per (provider, API key, model) over a one-minute window."""
+
+    fixed_window: bool = Field(
+        False, description="Count in fixed one-minute windows opened by a key's first "
+        "request, instead of the providers' continuously refilled (rolling) minute.")
+    rules: list[BudgetRule] = Field(
+        default_factory=list, description="Budgets for particular keys, providers or "
+        "models; the most specific matching rule wins, field by field.")
 
 
 class EmulatorConfig(BaseModel):
@@ -83,6 +151,7 @@ class EmulatorConfig(BaseModel):
     timing: Timing = Field(default_factory=Timing)
     limits: Limits = Field(default_factory=Limits)
     faults: Faults = Field(default_factory=Faults)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
     api_key: str | None = Field(
         None, description="If set, the only key accepted; otherwise any non-empty key is."
     )

@@ -8,15 +8,14 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 
 from lanewise.emulator.config import ORGANIZATION_ID
-from lanewise.emulator.engine import InvalidRequest
-from lanewise.emulator.http_errors import FAULT_MESSAGES, openai_error, openai_quota_error
+from lanewise.emulator.http_errors import openai_error, openai_quota_error
 from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob
+from lanewise.emulator.live_calls import serve_live_call
 from lanewise.emulator.paging import page_after
 from lanewise.emulator.state import EmulatorState
-from lanewise.pricing import Lane
 from lanewise.tokens import count_prompt_tokens
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions",
@@ -265,35 +264,6 @@ def build_router(state: EmulatorState) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        state.stats["openai_live_calls"] += 1
-        await asyncio.sleep(state.live_latency())
-        fault = state.live_fault("openai")
-        if fault is not None and fault.kind == "insufficient_quota":
-            return openai_quota_error()
-        if fault is not None:
-            status, retry_after = fault.status, fault.retry_after
-            status = 503 if status == 529 else status
-            headers = {}
-            if status == 429:
-                wait = retry_after if retry_after is not None else (
-                    state.config.faults.retry_after_seconds)
-                headers = {"retry-after": f"{wait:g}", "retry-after-ms": str(int(wait * 1000))}
-            return openai_error(status, FAULT_MESSAGES[status], headers=headers,
-                                code="rate_limit_exceeded" if status == 429 else None)
-        try:
-            body = await request.json()
-            answer = state.engine.openai_chat(body, Lane.LIVE)
-        except ValueError:
-            return openai_error(400, "The request body is not valid JSON.")
-        except InvalidRequest as error:
-            return openai_error(error.status, error.message, param=error.param, code=error.code)
-        request_id = f"req_{answer.body['id'][-16:]}"
-        state.billing.add([state.billing.row("openai", Lane.LIVE, answer.model, answer.usage,
-                                             request_id=request_id)])
-        headers = {"x-request-id": request_id, "x-ratelimit-limit-requests": "10000",
-                   "x-ratelimit-remaining-requests": "9999",
-                   "x-ratelimit-reset-requests": "6ms", "x-ratelimit-limit-tokens": "10000000",
-                   "x-ratelimit-remaining-tokens": "9999000", "x-ratelimit-reset-tokens": "6ms"}
-        return JSONResponse(answer.body, headers=headers)
+        return await serve_live_call(state, request, "openai")
 
     return router

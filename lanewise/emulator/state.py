@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lanewise.emulator.config import EmulatorConfig, Faults
+from lanewise.emulator.config import EmulatorConfig, Faults, RateLimits
 from lanewise.emulator.engine import ModelEngine
 from lanewise.emulator.folder import FolderLock, remove_server_info, write_server_info
 from lanewise.emulator.jobs import TERMINAL_PHASES, BatchJob, BatchWorker, JobView, unit_draw
+from lanewise.emulator.rate_limits import RateLimiter
 from lanewise.emulator.store import BillingRecord, FileStore, JobStore, StateDB, id_instance
 from lanewise.pricing import PriceTable
 
@@ -29,14 +30,16 @@ QUOTA_STATUS = {"openai": 429, "anthropic": 400}
 
 @dataclass
 class ScriptedFault:
-    """Answer the next `count` live calls (of `provider`, or any) with `status`, or
-    with the fault `kind` names (`insufficient_quota`: the provider's own status)."""
+    """Answer the next `count` live calls (of `provider` and `model`, or any) with
+    `status`, or with the fault `kind` names (`insufficient_quota`: the provider's own
+    status)."""
 
     status: int | None = None
     count: int = 1
     provider: str | None = None
     retry_after: float | None = None
     kind: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,10 @@ class EmulatorState:
         self.stats: dict[str, int] = {
             "openai_batches_created": 0, "anthropic_batches_created": 0,
             "openai_live_calls": 0, "anthropic_live_calls": 0, "live_faults": 0,
-            "quota_refusals": 0,
+            "quota_refusals": 0, "rate_limited": 0,
         }
+        # Budgets are read at every call, so a PATCH applies to the next one.
+        self.rate_limiter = RateLimiter(lambda: self.config.rate_limits)
         # Imported here to avoid a cycle: the processors need the state's engine.
         from lanewise.emulator.batch_process import process_request
         self.worker = BatchWorker(lambda job, line: process_request(self, job, line), config,
@@ -128,6 +133,15 @@ class EmulatorState:
             self.config.faults = faults
             self._live_rng = random.Random(faults.seed)
 
+    def set_rate_limits(self, limits: RateLimits | None = None, *,
+                        reset_usage: bool = True) -> None:
+        """Swap the live calls' rate-limit budgets at run time (the defaults, no budget,
+        when None); what was counted is forgotten unless `reset_usage` is False."""
+        with self.lock:
+            self.config.rate_limits = limits if limits is not None else RateLimits()
+        if reset_usage:
+            self.rate_limiter.reset()
+
     @staticmethod
     def draw_key(batch_id: str) -> str:
         """The part of a batch id that seeds its draws: its sequence, not the start time,
@@ -155,14 +169,15 @@ class EmulatorState:
                 self.stats["quota_refusals"] += 1
         return refused
 
-    def live_fault(self, provider: str) -> LiveFault | None:
+    def live_fault(self, provider: str, model: str | None = None) -> LiveFault | None:
         """The fault this live call gets, if any: the no-credit switch, a scripted
-        fault, or a seeded draw."""
+        fault, or a seeded draw (one per call, applied only within the faults' scope)."""
         if self.out_of_credit(provider):
             return LiveFault(QUOTA_STATUS[provider], kind=INSUFFICIENT_QUOTA)
         with self.lock:
             for scripted in self.scripted:
-                if scripted.provider in (None, provider) and scripted.count > 0:
+                if (scripted.provider in (None, provider) and scripted.model in (None, model)
+                        and scripted.count > 0):
                     scripted.count -= 1
                     self.scripted = [s for s in self.scripted if s.count > 0]
                     self.stats["live_faults"] += 1
@@ -176,20 +191,24 @@ class EmulatorState:
             if provider == "anthropic":
                 table.append((faults.overloaded_rate, 529))
             threshold = 0.0
+            in_scope = faults.live_scope_holds(provider, model)
             for rate, status in table:
                 threshold += rate
-                if draw < threshold:
+                if in_scope and draw < threshold:
                     self.stats["live_faults"] += 1
                     return LiveFault(status)
         return None
 
-    def live_latency(self) -> float:
-        """Seconds to wait before answering a live call."""
+    def live_latency(self, provider: str = "", model: str | None = None) -> float:
+        """Seconds to wait before answering a live call (0 outside the faults' scope; the
+        jitter is drawn all the same, so the sequence does not depend on the scope)."""
         faults = self.config.faults
         if faults.latency_ms <= 0 and faults.latency_jitter_ms <= 0:
             return 0.0
         with self.lock:
             jitter = self._live_rng.uniform(-faults.latency_jitter_ms, faults.latency_jitter_ms)
+        if provider and not faults.live_scope_holds(provider, model):
+            return 0.0
         return max(faults.latency_ms + jitter, 0.0) / 1000
 
     def active_enqueued_tokens(self, model: str, now: float) -> int:
