@@ -65,6 +65,52 @@ class OutputSpec(BaseModel):
         return list(self.json_schema.get("properties", {}))
 
 
+class FallbackSpec(BaseModel):
+    """One step of a task's live fallback policy (tried in order when the task's own
+    model cannot answer within the budget): another model, a cached answer, or defer."""
+
+    kind: Literal["model", "cache", "defer"]
+    provider: Literal["openai", "anthropic"] | None = Field(
+        default=None, description="For `model`: the provider of the fallback model (the "
+        "prompt is rendered again for its adapter).")
+    model: str | None = Field(default=None, description="For `model`: the fallback model.")
+
+    @model_validator(mode="after")
+    def _model_needs_target(self) -> FallbackSpec:
+        if self.kind == "model" and not (self.provider and self.model):
+            raise ValueError("a `model` fallback needs a provider and a model")
+        if self.kind != "model" and (self.provider or self.model):
+            raise ValueError(f"a `{self.kind}` fallback takes no provider or model")
+        return self
+
+
+class LiveSpec(BaseModel):
+    """How the live lane answers the task: its latency budget, retries and fallbacks."""
+
+    latency_budget_ms: int = Field(
+        10_000, gt=0, description="Longest a live call may take, retries and fallbacks "
+        "included; a retry whose wait would overrun it is not made.")
+    primary_share: float = Field(
+        0.6, gt=0, le=1, description="Share of the budget the task's own model may use, "
+        "retries included, before the model fallbacks get the rest (all of it when the "
+        "task has no model fallback).")
+    max_attempts: int = Field(3, ge=1, description="Most calls per model (first call "
+                              "plus retries on 429, 5xx and 529).")
+    fallbacks: list[FallbackSpec] = Field(default_factory=list)
+
+
+class CacheSpec(BaseModel):
+    """Whether the task's answers go to the result cache shared by both lanes, and how
+    long one is reused (lanewise/cache.py)."""
+
+    enabled: bool = Field(False, description="Answer requests from the result cache when "
+                          "an identical request (same content hash) was answered before, "
+                          "in either lane, and store this task's succeeded answers there.")
+    ttl_hours: float | None = Field(
+        default=None, gt=0, description="How long a cached answer is reused, from when it "
+        "was answered; none: until the request changes.")
+
+
 class TaskSpec(BaseModel):
     """One AI task of the product: prompt, model, output, lane policy and limits."""
 
@@ -84,6 +130,8 @@ class TaskSpec(BaseModel):
     oversize: Literal["excerpt", "reject"] = "excerpt"
     max_output_tokens: int = Field(256, gt=0)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    live: LiveSpec = Field(default_factory=LiveSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
 
 
 class Catalog:

@@ -48,7 +48,8 @@ def cost_table(summaries: list[RunSummary], title: str = "What the runs cost") -
 
     add("provider / model", [f"{s.provider} / {s.model}" for s in summaries])
     add("rows", [f"{s.rows:,}" for s in summaries], f"{sum(s.rows for s in summaries):,}")
-    for status, label in (("succeeded", "succeeded"), ("invalid_output", "invalid output"),
+    for status, label in (("succeeded", "succeeded"), ("cached", "from the result cache"),
+                          ("invalid_output", "invalid output"),
                           ("failed", "failed"), ("rejected", "rejected (bad input)")):
         counts = [s.counts.get(status, 0) for s in summaries]
         add(label, [f"{n:,}" for n in counts], f"{sum(counts):,}")
@@ -181,7 +182,7 @@ def run_record(overview: RunOverview, ui_url: str | None) -> dict[str, Any]:
     counts = dict(sorted(overview.counts.items()))
     rows = sum(counts.values())
     settled = sum(n for s, n in counts.items() if s in TERMINAL_ITEM_STATES)
-    failed = settled - counts.get("succeeded", 0)
+    failed = settled - counts.get("succeeded", 0) - counts.get("cached", 0)
     state = run["status"]
     if state != "finished" and overview.lease is None:
         state = IDLE

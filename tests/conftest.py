@@ -58,6 +58,7 @@ def emulator(emulator_session: RunningEmulator) -> RunningEmulator:
     state.config.timing = FAST.model_copy()
     state.config.limits = Limits()
     state.config.api_key = None
+    state.set_rate_limits()  # no budgets, nothing counted
     with state.lock:
         state.scripted.clear()
     return emulator_session
@@ -118,7 +119,7 @@ def _reset_postgres(url: str) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         for table in ("items", "shards", "run_leases", "provider_limits", "run_item_counts",
-                      "runs", "alembic_version"):
+                      "runs", "live_calls", "result_cache", "queue_items", "alembic_version"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
 

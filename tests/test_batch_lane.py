@@ -249,7 +249,9 @@ def test_after_quick_batches_the_next_run_sends_whole_budget_shards(emulator, tm
 
     emulator.state.config.timing.batch_seconds = 0
     ctx = make_context("ticket-tagging", emulator, tmp_path)
-    ctx.task = ctx.task.model_copy(update={"model": "gpt-4.1-nano"})
+    # No result cache: the second run over the same rows must send them again.
+    ctx.task = ctx.task.model_copy(update={
+        "model": "gpt-4.1-nano", "cache": ctx.task.cache.model_copy(update={"enabled": False})})
     ctx.token_budget = 3000
     first = run_batch_lane(ctx, "tagging:quick-1", sample_input(tmp_path))
     learned = ctx.ledger.learned_limit("openai", "gpt-4.1-nano", BATCH_SECONDS)

@@ -137,7 +137,10 @@ def test_planted_keys_appear_nowhere_a_run_writes(planted, emulator, tmp_path, c
         KEYS["anthropic_env"]
     emulator.state.config.api_key = "sk-the-only-key-the-provider-takes"
     try:
-        refused = nightly("ticket-summary", sample_input(tmp_path, rows=20), date(2026, 8, 2))
+        # Rows not answered yet (the result cache answers those of the run above).
+        fresh = tmp_path / "fresh.csv"
+        fresh.write_text("ticket_id,subject,body\nF1,Refund,Please refund order 8812.\n")
+        refused = nightly("ticket-summary", str(fresh), date(2026, 8, 2))
     finally:
         emulator.state.config.api_key = None
     assert refused.is_failed()

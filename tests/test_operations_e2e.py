@@ -264,8 +264,13 @@ def test_down_stops_exactly_what_up_started(stack: Stack, tmp_path):
     # own) must go with the worker.
     ok(httpx.patch(f"{stack.emulator_url}/_emulator/timing", json={"batch_seconds": 60},
                    trust_env=False))
+    # Tickets the earlier tests did not answer: the result cache would answer theirs,
+    # and nothing would be in flight.
+    from lanewise.sampledata import write
+
+    write(30, tmp_path / "unanswered.parquet", seed=12, clean=False)
     ok(submit(stack, "backfill", task="ticket-tagging", start="2026-07-31",
-              end="2026-08-01", input_url=tickets(tmp_path, 30)))
+              end="2026-08-01", input_url=str(tmp_path / "unanswered.parquet")))
     deadline = time.monotonic() + 60
     while not in_flight_batches(stack, "2026-07-31", "2026-08-01"):
         assert time.monotonic() < deadline

@@ -64,7 +64,7 @@ def _summaries(ctx: LaneContext, results_url: str) -> Iterator[tuple[str, str]]:
         for batch in pq.ParquetFile(handle).iter_batches(columns=SUMMARY_COLUMNS):
             for key, status, text in zip(*(batch.column(c).to_pylist()
                                            for c in SUMMARY_COLUMNS), strict=True):
-                if status == "succeeded" and key and text and text.strip():
+                if status in ("succeeded", "cached") and key and text and text.strip():
                     yield key, " ".join(text.split())
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
+from lanewise.cache import RequestHasher, batch_savings, lookup_many
 from lanewise.errors import ConfigurationError, InputError
 from lanewise.inputs import InputRow, read_rows
 from lanewise.requests import (
@@ -109,12 +110,18 @@ def _same_input(recorded: str, given: str) -> bool:
 
 def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str,
                      window: DateWindow | None) -> None:
-    """Read the input in chunks, record every row, and write round-0 shard files."""
+    """Read the input in chunks, record every row, and write round-0 shard files.
+
+    Every accepted row records its request's content hash. For a task whose cache is
+    enabled, a row the result cache answers is recorded `cached` (terminal, zero cost,
+    its answer copied, `cached_from` naming the original) and never written to a shard.
+    """
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
                          ctx.shard_limits, ctx.shard_token_cap)
     token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
+    hasher = RequestHasher(ctx.adapter, ctx.task)
     rows = read_rows(input_url, _needed_columns(ctx, window))
     read = outside = 0
     for chunk in _chunks(rows, PLAN_CHUNK):
@@ -145,7 +152,10 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             accepted.append({"row_number": row.number, "input_key": outcome.key,
                              "dedup_key": outcome.key,
                              "custom_id": custom_id_for(outcome.key, 0, token),
-                             "status": "pending", "excerpted": outcome.excerpted})
+                             "status": "pending", "excerpted": outcome.excerpted,
+                             "content_hash": hasher.hash(outcome)})
+        if ctx.task.cache.enabled:
+            _answer_from_cache(ctx, accepted)
         inserted = ctx.ledger.add_items(run_id, accepted, rejected)  # row number -> item id
         again = [a for a in accepted if a["row_number"] not in inserted]
         first_rows = ctx.ledger.rows_of_keys(run_id, [a["dedup_key"] for a in again])
@@ -157,7 +167,7 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
         if duplicates:
             ctx.ledger.add_items(run_id, [], duplicates)
         for item in accepted:
-            if item["row_number"] not in inserted:
+            if item["row_number"] not in inserted or item["status"] == "cached":
                 continue
             request = requests[item["row_number"]]
             line = encoder.encode(item["custom_id"], request)
@@ -172,6 +182,24 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
     _log_planned(ctx, run_id, input_url, window, read, outside)
 
 
+def _answer_from_cache(ctx: LaneContext, accepted: list[dict[str, Any]]) -> int:
+    """Turn the accepted rows whose request the result cache answers into `cached` items
+    (in place); returns how many. An entry answers while it is unexpired and younger
+    than the task's TTL; the row keeps no custom_id, as it is never sent."""
+    hits = lookup_many(ctx.ledger, [item["content_hash"] for item in accepted],
+                       max_age_hours=ctx.task.cache.ttl_hours)
+    if not hits:
+        return 0
+    savings = batch_savings(ctx.ledger, ctx.prices, hits.values())
+    for item in accepted:
+        answer = hits.get(item["content_hash"])
+        if answer is not None:
+            item.update(status="cached", custom_id=None, output_text=answer.output_text,
+                        cached_from=answer.source,
+                        cache_saving_picodollars=savings[answer.source])
+    return sum(1 for item in accepted if item["status"] == "cached")
+
+
 def _log_planned(ctx: LaneContext, run_id: int, input_url: str, window: DateWindow | None,
                  read: int, outside: int) -> None:
     """Rows read, taken, rejected, and the shards planned (a warning when none was taken)."""
@@ -179,9 +207,11 @@ def _log_planned(ctx: LaneContext, run_id: int, input_url: str, window: DateWind
     taken = sum(counts.values())
     picked = f"{taken} dated {window.start}..{window.end} ({outside} outside)" \
         if window is not None else f"{taken} taken"
+    cached = f", {counts['cached']} answered from the result cache (not sent)" \
+        if counts.get("cached") else ""
     ctx.log.log(logging.INFO if taken else logging.WARNING,
-                "read %d row(s) of %s: %s, %d rejected as bad input; %d shard(s) planned",
-                read, input_url, picked, counts.get("rejected", 0),
+                "read %d row(s) of %s: %s, %d rejected as bad input%s; %d shard(s) planned",
+                read, input_url, picked, counts.get("rejected", 0), cached,
                 len(ctx.ledger.shards(run_id)))
 
 

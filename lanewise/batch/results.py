@@ -20,7 +20,9 @@ RESULT_CHUNK = 5000
 RESULT_COLUMNS = ("row_number", "input_key", "status", "error_field", "error_reason",
                   "excerpted", "attempt", "output_text", "input_tokens",
                   "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-                  "output_tokens", "reasoning_tokens", "cost_picodollars")
+                  "output_tokens", "reasoning_tokens", "cost_picodollars", "cached_from")
+#: Item states that carry an answer a results file shows parsed.
+ANSWERED_STATES = ("succeeded", "cached")
 
 
 @dataclass
@@ -56,6 +58,10 @@ class RunSummary:
     #: What this attempt (one flow run) spent: the run's cost at its end minus at its
     #: start. None when the summary is not of an attempt (the CLI's history).
     attempt_cost_usd: Decimal | None = None
+    #: What the rows answered from the result cache (status `cached`, never sent, zero
+    #: cost) would have cost sent again in this run: their original answers' usage at
+    #: batch prices. Apart from `saving_usd`, which compares what was sent with live.
+    cache_saving_usd: Decimal = Decimal(0)
 
     @property
     def saving_usd(self) -> Decimal:
@@ -64,8 +70,13 @@ class RunSummary:
 
     @property
     def succeeded(self) -> int:
-        """Rows that got a valid answer."""
+        """Rows that got a valid answer from the provider in this run."""
         return self.counts.get("succeeded", 0)
+
+    @property
+    def cached(self) -> int:
+        """Rows answered from the result cache (nothing sent for them)."""
+        return self.counts.get("cached", 0)
 
     @property
     def window(self) -> str | None:
@@ -91,17 +102,19 @@ class RunSummary:
         note = self.empty_note()
         if note is not None:
             return f"WARNING: {label}: {note}"
-        failed = self.rows - self.succeeded
+        failed = self.rows - self.succeeded - self.cached
         kinds = [f"{n:,} {status.replace('_', ' ')}" for status, n in sorted(self.counts.items())
-                 if status != "succeeded" and n]
+                 if status not in ANSWERED_STATES and n]
         detail = f" ({', '.join(kinds)})" if failed and len(kinds) > 1 else ""
         attempt = "" if self.attempt_cost_usd is None else \
             f" (this attempt {_usd(self.attempt_cost_usd)})"
         share = f" ({self.saving_usd / self.live_cost_usd:.0%})" if self.live_cost_usd else ""
         rows = f"{self.rows:,} row{'s' if self.rows != 1 else ''}"
-        return (f"{label}: {rows}, {self.succeeded:,} succeeded, {failed:,} failed"
+        cached = f", {self.cached:,} from the cache" if self.cached else ""
+        cache_saving = f", the cache saved {_usd(self.cache_saving_usd)}" if self.cached else ""
+        return (f"{label}: {rows}, {self.succeeded:,} succeeded{cached}, {failed:,} failed"
                 f"{detail}, cost {_usd(self.cost_usd)}{attempt}, saving "
-                f"{_usd(self.saving_usd)}{share} vs live")
+                f"{_usd(self.saving_usd)}{share} vs live{cache_saving}")
 
     def brief(self) -> dict[str, Any]:
         """A small JSON-able digest (a flow's return value)."""
@@ -109,6 +122,7 @@ class RunSummary:
                 "cost_usd": str(self.cost_usd), "live_cost_usd": str(self.live_cost_usd),
                 "attempt_cost_usd": None if self.attempt_cost_usd is None
                 else str(self.attempt_cost_usd),
+                "cached": self.cached, "cache_saving_usd": str(self.cache_saving_usd),
                 "results_url": self.results_url, "outcome": self.outcome_line()}
 
     def cost_rows(self) -> list[dict[str, Any]]:
@@ -130,6 +144,8 @@ class RunSummary:
             {"metric": "of which reasoning", "value": self.reasoning_tokens},
             {"metric": "same work live USD", "value": f"{self.live_cost_usd:.6f}"},
             {"metric": "saving USD", "value": f"{self.saving_usd:.6f}"},
+            {"metric": "cache saving USD (cached rows at batch price)",
+             "value": f"{self.cache_saving_usd:.6f}"},
         ]
 
     def markdown(self) -> str:
@@ -139,6 +155,10 @@ class RunSummary:
         note = self.empty_note()
         if note is not None:
             lines += [f"> **Warning**: {note}. Check the input and the dates.", ""]
+        if self.cached:
+            lines += [f"{self.cached:,} row(s) were answered from the result cache: nothing "
+                      f"was sent for them. Sent again at batch price they would have cost "
+                      f"{_usd(self.cache_saving_usd)}.", ""]
         if self.attempt_cost_usd is not None:
             lines += [f"This attempt spent {_usd(self.attempt_cost_usd)}; the run has spent "
                       f"{_usd(self.cost_usd)} in all.", ""]
@@ -170,6 +190,7 @@ def summarize(ledger: Ledger, run_id: int) -> RunSummary:
         reasoning_tokens=totals["reasoning_tokens"],
         cost_usd=from_picodollars(totals["cost_picodollars"]),
         live_cost_usd=from_picodollars(totals["live_cost_picodollars"]),
+        cache_saving_usd=from_picodollars(totals["cache_saving_picodollars"]),
         shards=len(shard_rows),
         batch_ids=[s["provider_batch_id"] for s in shard_rows if s["provider_batch_id"]],
         results_url=run["results_url"], input_url=run["input_url"],
@@ -200,15 +221,20 @@ def _schema(fields: list[str]) -> pa.Schema:
     columns += [("input_tokens", pa.int64()), ("cached_input_tokens", pa.int64()),
                 ("cache_write_tokens", pa.int64()), ("cache_write_1h_tokens", pa.int64()),
                 ("output_tokens", pa.int64()), ("reasoning_tokens", pa.int64()),
-                ("cost_usd", pa.decimal128(24, 12))]
+                ("cost_usd", pa.decimal128(24, 12)), ("cached_from", pa.string())]
     return pa.schema(columns)
 
 
 def _parsed(text: str | None, status: str, fields: list[str]) -> dict[str, Any]:
     values: dict[str, Any] = {f"output_{name}": None for name in fields}
-    if status != "succeeded" or not text or not fields:
+    if status not in ANSWERED_STATES or not text or not fields:
         return values
-    parsed = json.loads(text)
+    try:
+        parsed = json.loads(text)
+    except ValueError:  # a cached answer is checked by the lane that stored it; be safe
+        return values
+    if not isinstance(parsed, dict):
+        return values
     for name in fields:
         value = parsed.get(name)
         values[f"output_{name}"] = value if isinstance(value, str) or value is None \
@@ -247,6 +273,7 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
                 "output_tokens": item["output_tokens"],
                 "reasoning_tokens": item["reasoning_tokens"],
                 "cost_usd": from_picodollars(item["cost_picodollars"]),
+                "cached_from": item["cached_from"],
             })
             if len(chunk) >= RESULT_CHUNK:
                 writer.write_table(pa.Table.from_pylist(chunk, schema))

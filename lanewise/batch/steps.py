@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 
+from lanewise import cache
 from lanewise.batch.context import LaneContext
 from lanewise.errors import (
     BatchError,
@@ -275,7 +276,10 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> str:
     refused for its enqueued-token limit (sent again once room frees).
 
     Item updates are committed in chunks; the last chunk and the shard's `collected`
-    go in one transaction, so a collected shard never has an unfinished item.
+    go in one transaction, so a collected shard never has an unfinished item. For a
+    task whose cache is enabled, each chunk's succeeded answers are stored in the
+    result cache in the transaction that records them (source `item:<id>`), so a
+    crash never leaves an answer recorded but not cached, or cached but not recorded.
     """
     shard = ctx.ledger.shard(shard_id)
     if shard["status"] == "failed":
@@ -295,8 +299,11 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> str:
     # Only items still `submitted` in this shard change, so collecting again after a
     # crash skips what was already recorded.
     waiting = ctx.ledger.shard_item_ids(shard_id, "submitted")
+    hashes = ctx.ledger.shard_item_hashes(shard_id, "submitted") \
+        if ctx.task.cache.enabled else None
     raw_url = shard["jsonl_url"].removesuffix(".jsonl") + ".results.jsonl"
     pending: list[dict[str, Any]] = []
+    answers: list[dict[str, Any]] = []
     settled: set[int] = set()
     out_of_credit = 0
     with ctx.storage.open(raw_url, "wb") as raw_sink:
@@ -307,13 +314,16 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> str:
             item_id, attempt = item
             settled.add(item_id)
             out_of_credit += outcome.out_of_credit
-            pending.append({"b_id": item_id, **outcome_update(ctx, outcome, attempt)})
+            update = outcome_update(ctx, outcome, attempt)
+            pending.append({"b_id": item_id, **update})
+            if hashes is not None and update["status"] == "succeeded" and hashes.get(item_id):
+                answers.append(_cache_entry(ctx, hashes[item_id], item_id, update))
             if len(pending) >= ctx.collect_chunk:
-                ctx.ledger.update_items(pending, where_status="submitted")
-                pending = []
+                ctx.ledger.update_items(pending, where_status="submitted", answers=answers)
+                pending, answers = [], []
                 ctx.crash_hook("mid_collect")
     missing = _remaining(ctx, shard_id, "missing from the provider's results", True, settled)
-    ctx.ledger.finish_collect(shard_id, pending + missing)
+    ctx.ledger.finish_collect(shard_id, pending + missing, answers)
     ctx.log.info("collected shard %s (batch %s): %d result(s)", shard["shard_key"],
                  shard["provider_batch_id"], len(settled))
     if out_of_credit:
@@ -323,6 +333,15 @@ def collect_shard(ctx: LaneContext, shard_id: int) -> str:
                                   detail=f"{out_of_credit} request(s) of shard "
                                   f"{shard['shard_key']} refused for credit")
     return "collected"
+
+
+def _cache_entry(ctx: LaneContext, content_hash: str, item_id: int,
+                 update: dict[str, Any]) -> dict[str, Any]:
+    """The result-cache entry of one succeeded batch answer (what it cost, both lanes)."""
+    task = ctx.task
+    return cache.entry(content_hash, task, task.provider, task.model, update["output_text"],
+                       f"item:{item_id}", update["cost_picodollars"],
+                       update["live_cost_picodollars"], task.cache.ttl_hours)
 
 
 def _requeue_refused(ctx: LaneContext, shard: dict[str, Any], message: str) -> bool:

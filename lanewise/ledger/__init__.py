@@ -29,10 +29,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lanewise.errors import LedgerError
 from lanewise.ledger.bulk import BulkItems
+from lanewise.ledger.cache_records import CacheRecords
 from lanewise.ledger.history import HistoryRecords
 from lanewise.ledger.item_records import ItemRecords
 from lanewise.ledger.lease_records import LeaseRecords
 from lanewise.ledger.limit_records import LimitRecords
+from lanewise.ledger.queue_records import QueueRecords
 from lanewise.ledger.schema import items, runs, shards
 from lanewise.ledger.shard_records import ShardRecords
 
@@ -41,14 +43,15 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK_KEY = 0x6C616E6577697365  # "lanewise"
 
 
-class Ledger(ItemRecords, ShardRecords, LeaseRecords, LimitRecords, HistoryRecords):
+class Ledger(ItemRecords, ShardRecords, LeaseRecords, LimitRecords, HistoryRecords,
+             QueueRecords, CacheRecords):
     """Reads and writes the ledger through one SQLAlchemy engine.
 
     The runs are here; items, shards, leases and learned provider limits are mixed in
     from `item_records.py`, `shard_records.py`, `lease_records.py` and
     `limit_records.py`, run history, billed costs and forgetting a run from
-    `history.py`. Writes of many items go through `bulk.py` (one driver call per
-    chunk, inside the caller's transaction).
+    `history.py`, the result cache from `cache_records.py`. Writes of many items go
+    through `bulk.py` (one driver call per chunk, inside the caller's transaction).
     """
 
     def __init__(self, url: str) -> None:

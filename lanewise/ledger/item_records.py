@@ -6,6 +6,7 @@ driver call per chunk, on the caller's transaction.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -13,12 +14,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from lanewise.ledger.bulk import BulkItems
+from lanewise.ledger.cache_records import store_answers
 from lanewise.ledger.schema import TERMINAL_ITEM_STATES, items, run_item_counts
 
 PAGE = 5000
 COST_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                 "cache_write_1h_tokens", "reasoning_tokens", "cost_picodollars",
-                "live_cost_picodollars")
+                "live_cost_picodollars", "cache_saving_picodollars")
 
 
 class ItemRecords:
@@ -43,13 +45,19 @@ class ItemRecords:
         return inserted
 
     def update_items(self, updates: list[dict[str, Any]], *,
-                     where_status: str | None = None) -> int:
+                     where_status: str | None = None,
+                     answers: list[dict[str, Any]] | None = None) -> int:
         """Update items by id (`b_id`), setting the other keys; returns rows changed.
-        With `where_status`, only items still in that state change. One transaction."""
-        if not updates:
+        With `where_status`, only items still in that state change. `answers` (result
+        cache entries, see `cache_records.store_answers`) are stored in the same
+        transaction."""
+        if not updates and not answers:
             return 0
         with self._write() as conn:
-            return self.bulk.update(conn, updates, where_status=where_status)
+            changed = self.bulk.update(conn, updates, where_status=where_status)
+            if answers:
+                store_answers(conn, self.dialect, answers, time.time())
+            return changed
 
     def iter_items(self, run_id: int, *, status: str | None = None,
                    shard_id: int | None = None,

@@ -8,6 +8,8 @@ States:
 * item:  rejected (bad input row, terminal) | queued (in a shard file)
          -> submitted -> succeeded | invalid_output | failed (terminal)
          or -> retry (retryable failure, budget left) -> queued in a follow-up shard
+         | cached (answered from the result cache at planning: terminal, never sent,
+           zero cost, `cached_from` names the original answer)
 """
 
 from __future__ import annotations
@@ -86,6 +88,15 @@ items = sa.Table(
     sa.Column("reasoning_tokens", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("cost_picodollars", sa.BigInteger, nullable=False, default=0),
     sa.Column("live_cost_picodollars", sa.BigInteger, nullable=False, default=0),
+    # 0008: the request's content hash (provider, model, parameters, messages, schema),
+    # the result cache's key; and, for an item answered from the cache (status
+    # `cached`, zero cost), where that answer came from ("live:<id>", "item:<id>").
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("cached_from", sa.String(100)),
+    # 0009: for a `cached` item, what sending it again would have cost at batch price
+    # (the original answer's usage at the batch rates): the run summary's cache saving.
+    sa.Column("cache_saving_picodollars", sa.BigInteger, nullable=False, default=0,
+              server_default="0"),
     sa.UniqueConstraint("run_id", "row_number", name="uq_items_run_row"),
     sa.UniqueConstraint("run_id", "dedup_key", name="uq_items_run_key"),
     sa.Index("ix_items_run_custom_id", "run_id", "custom_id"),
@@ -126,4 +137,76 @@ run_item_counts = sa.Table(
     sa.Column("n", sa.BigInteger, nullable=False),
 )
 
-TERMINAL_ITEM_STATES = ("rejected", "succeeded", "invalid_output", "failed")
+_USAGE = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+          "output_tokens", "reasoning_tokens")
+
+# One row per live call (0008): which path answered it (`answered_by`: live, fallback
+# model, cache, deferred), its outcome, latency, attempts, usage and cost, and the
+# caller's context (JSON). Written once, after the call: see lanewise/live.
+live_calls = sa.Table(
+    "live_calls", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column("model", sa.String(100), nullable=False),
+    sa.Column("answered_by", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("context", sa.Text),
+    sa.Column("output_text", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("fallback_reason", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    *(sa.Column(name, sa.Integer, nullable=False, server_default="0") for name in _USAGE),
+    sa.Column("cost_picodollars", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cached_from", sa.String(100)),
+    sa.Column("queue_item_id", sa.Integer),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_live_calls_task_created", "task", "created_at"),
+    sa.Index("ix_live_calls_hash", "content_hash"),
+)
+
+# Succeeded answers by request content hash, shared by both lanes (0008): the live lane
+# answers from it, the batch planner skips what it holds. `source` points at the
+# original ("live:<id>" or "item:<id>"); its cost is what the original paid.
+result_cache = sa.Table(
+    "result_cache", metadata,
+    sa.Column("content_hash", sa.String(64), primary_key=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column("model", sa.String(100), nullable=False),
+    sa.Column("output_text", sa.Text, nullable=False),
+    sa.Column("source", sa.String(100), nullable=False),
+    sa.Column("cost_picodollars", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("live_cost_picodollars", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),
+)
+
+# Deferred work (0008), idempotent by (task, key):
+#   queued -> claimed (run_key set: the drain run that will carry it, one transaction)
+#          -> succeeded | invalid_output | failed (copied from that run's item)
+# A claimed item belongs to exactly one run key; a crashed drain's run key is resumed,
+# never a second one made for the same items.
+queue_items = sa.Table(
+    "queue_items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("task", sa.String(100), nullable=False),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("row", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("run_key", sa.String(200)),
+    sa.Column("claimed_by", sa.String(200)),
+    sa.Column("claimed_at", sa.Float),
+    sa.Column("output_text", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("cost_picodollars", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.UniqueConstraint("task", "key", name="uq_queue_task_key"),
+    sa.Index("ix_queue_status_task", "status", "task"),
+    sa.Index("ix_queue_run_key", "run_key"),
+)
+
+TERMINAL_ITEM_STATES = ("rejected", "succeeded", "invalid_output", "failed", "cached")

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from lanewise.ledger.bulk import BulkItems
+from lanewise.ledger.cache_records import store_answers
 from lanewise.ledger.schema import items, run_leases, shards
 
 # What a shard's batch leaves behind on the shard row; cleared when it is requeued.
@@ -26,6 +27,7 @@ class ShardRecords:
     """Shard reads and writes; needs the ledger's `engine`, `bulk` and `_write`."""
 
     engine: sa.Engine
+    dialect: str
     bulk: BulkItems
     _write: Callable[[], AbstractContextManager[sa.Connection]]
 
@@ -57,6 +59,12 @@ class ShardRecords:
             rows = conn.execute(sa.select(items.c.custom_id, items.c.id, items.c.attempt).where(
                 items.c.shard_id == shard_id, items.c.status == status)).all()
         return {custom_id: (item_id, attempt) for custom_id, item_id, attempt in rows}
+
+    def shard_item_hashes(self, shard_id: int, status: str) -> dict[int, str | None]:
+        """{item id: request content hash} of a shard's items in `status`."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(items.c.id, items.c.content_hash).where(
+                items.c.shard_id == shard_id, items.c.status == status)).all())
 
     def shard_by_key(self, shard_key: str) -> dict[str, Any] | None:
         """The shard with this key, if any."""
@@ -172,11 +180,15 @@ class ShardRecords:
                              .values(status="submitted"))
         return ids
 
-    def finish_collect(self, shard_id: int, updates: list[dict[str, Any]]) -> None:
-        """Apply the last item updates of a shard and mark it `collected`, in one
-        transaction (updates by `b_id`, only to items still `submitted`)."""
+    def finish_collect(self, shard_id: int, updates: list[dict[str, Any]],
+                       answers: list[dict[str, Any]] | None = None) -> None:
+        """Apply the last item updates of a shard, store `answers` in the result cache
+        and mark the shard `collected`, in one transaction (updates by `b_id`, only to
+        items still `submitted`)."""
         with self._write() as conn:
             self.bulk.update(conn, updates, where_status="submitted")
+            if answers:
+                store_answers(conn, self.dialect, answers, time.time())
             conn.execute(shards.update().where(shards.c.id == shard_id)
                          .values(status="collected"))
 
