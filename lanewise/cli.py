@@ -20,12 +20,14 @@ error_console = Console(stderr=True)
 
 
 def _model_options(model: type[BaseModel], group: str) -> list[click.Parameter]:
-    """Click options for every field of a settings model, described by the field."""
+    """Click options for every number or switch field of a settings model, described by
+    the field (list fields are set through the control surface instead)."""
+    kinds: dict[Any, Any] = {int: int, float: float, bool: click.BOOL}
     return [
         click.Option([f"--{name.replace('_', '-')}", f"{group}__{name}"],
-                     type=int if name == "seed" else float, default=None,
+                     type=kinds[field.annotation], default=None,
                      help=f"{field.description} [default: {field.default}]")
-        for name, field in model.model_fields.items()
+        for name, field in model.model_fields.items() if field.annotation in kinds
     ]
 
 
@@ -58,9 +60,10 @@ def cli() -> None:
 
 
 def _emulator_options() -> list[click.Parameter]:
-    from lanewise.emulator.config import Faults, Timing
+    from lanewise.emulator.config import Faults, RateLimits, Timing
 
-    return _model_options(Timing, "timing") + _model_options(Faults, "faults")
+    return (_model_options(Timing, "timing") + _model_options(Faults, "faults")
+            + _model_options(RateLimits, "rate_limits"))
 
 
 @cli.command(cls=_LazyOptionsCommand, lazy_options=_emulator_options)
@@ -79,7 +82,7 @@ def emulator(host: str, port: int, state_dir: Path | None, api_key: str | None,
     from lanewise.emulator.server import serve_forever
     from lanewise.settings import get_settings
 
-    sections: dict[str, dict[str, Any]] = {"timing": {}, "faults": {}}
+    sections: dict[str, dict[str, Any]] = {"timing": {}, "faults": {}, "rate_limits": {}}
     for key, value in overrides.items():
         if value is not None:
             section, name = key.split("__", 1)
@@ -385,3 +388,14 @@ from lanewise import cli_ops  # noqa: E402 - registered after the group is defin
 
 for _command in (cli_ops.up, cli_ops.down, cli_ops.status):
     cli.add_command(_command)
+
+# `lanewise enqueue`, `result` and `queue` (the deferred-work queue): lanewise/cli_queue.py.
+from lanewise import cli_queue  # noqa: E402 - registered after the group is defined
+
+for _command in (cli_queue.enqueue, cli_queue.result, cli_queue.queue_counts):
+    cli.add_command(_command)
+
+# `lanewise serve` (the HTTP service over the live lane and the queue): lanewise/cli_serve.py.
+from lanewise import cli_serve  # noqa: E402 - registered after the group is defined
+
+cli.add_command(cli_serve.serve)

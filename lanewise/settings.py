@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     batch_timeout_hours: float = Field(
         default=25.0, description="Give up awaiting a batch after this long (providers "
         "expire batches at 24 h).")
+    drain_claim_size: int = Field(
+        default=50_000, gt=0,
+        description="Most queued items of one task a drain claims for one batch-lane run "
+        "(the deferred-work queue); what is left waits for the next drain.")
     use_emulator: bool = Field(
         default=True,
         description="With no API key configured, call the emulator; set false in production "
@@ -250,6 +254,45 @@ class Settings(BaseSettings):
     )
     anthropic_max_concurrency: int = Field(
         default=8, gt=0, description="Most Anthropic live calls in flight at once.")
+    live_model_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per-model overrides of the live lane's rate limits, as JSON keyed by "
+        "model (e.g. {\"gpt-4o\": {\"requests_per_minute\": 500, \"tokens_per_minute\": "
+        "30000, \"max_concurrency\": 4}}); keys as in `RateLimits`. Other models use "
+        "their provider's settings above; each model has its own counters either way.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (e.g. redis://127.0.0.1:6379/0): the live lane's rate "
+        "limits, concurrency and provider rate-limit state are then shared by every "
+        "process and replica through it; unset: each process keeps its own.",
+    )
+    redis_prefix: str = Field(
+        default="lanewise",
+        description="Prefix of lanewise's Redis keys, so several deployments can share "
+        "one Redis without sharing limits.",
+    )
+    live_record_fsync: bool = Field(
+        default=False,
+        description="Flush each live call's ledger record to disk before the call returns "
+        "(SQLite synchronous=FULL, PostgreSQL synchronous_commit on), so that it survives "
+        "an OS crash or power loss too, at the cost of one disk flush per call. Default: "
+        "the record is committed to the database's log before the call returns, which "
+        "survives any crash of lanewise's processes; the disk flush follows (see "
+        "lanewise/live/record.py).",
+    )
+    service_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token every request to `lanewise serve` must carry (at least "
+        "16 characters; make one with `python -c \"import secrets; "
+        "print(secrets.token_urlsafe(32))\"`); prefer a Prefect Secret block "
+        "(`service_token_block`). The service refuses to start without one.",
+    )
+    service_token_block: str | None = Field(
+        default=None,
+        description="Name of a saved Prefect Secret block holding the service's bearer "
+        "token; it wins over LANEWISE_SERVICE_TOKEN.",
+    )
     storage_endpoint_url: str | None = Field(
         default=None,
         description="Endpoint of an S3-compatible store (MinIO, R2, moto, ...) for an "

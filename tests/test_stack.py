@@ -83,6 +83,8 @@ def test_stop_takes_the_group_and_descendants_in_other_sessions_and_nothing_else
     try:
         _wait(lambda: pids.exists() and len(pids.read_text().split()) == 2)
         children = [int(pid) for pid in pids.read_text().split()]
+        # `setsid` makes its session a moment after its pid is known: wait for it.
+        _wait(lambda: os.getsid(children[1]) == children[1])
         identities = [(pid, start_time(pid)) for pid in children]
         assert os.getsid(children[1]) == children[1] != record.pid  # its own session
         assert set(family(record.identity)) == {record.identity, *identities}

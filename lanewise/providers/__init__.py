@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
@@ -103,3 +103,32 @@ def get_adapter(provider: str, settings: Settings | None = None) -> ProviderAdap
 
     return AnthropicAdapter(anthropic.Anthropic(api_key=secret, base_url=creds.base_url,
                                                 max_retries=3))
+
+
+def live_client(provider: str, creds: Credentials, *, asynchronous: bool = False) -> Any:
+    """A new SDK client for the live lane: sync, or async (one per event loop, since an
+    async client's connections belong to the loop that opened them). The SDK's own
+    retries are off: the live lane retries itself, within the task's latency budget."""
+    secret = creds.api_key.get_secret_value()
+    if provider == "openai":
+        import openai
+
+        cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    elif provider == "anthropic":
+        import anthropic
+
+        cls = anthropic.AsyncAnthropic if asynchronous else anthropic.Anthropic
+    else:
+        raise ConfigurationError(f"unknown provider {provider!r} (known: openai, anthropic)")
+    return cls(api_key=secret, base_url=creds.base_url, max_retries=0)
+
+
+def live_adapter(provider: str, client: Any, async_client: Any = None) -> ProviderAdapter:
+    """The adapter of `provider` over the live lane's clients."""
+    if provider == "openai":
+        from lanewise.providers.openai_adapter import OpenAIAdapter
+
+        return OpenAIAdapter(client, async_client)
+    from lanewise.providers.anthropic_adapter import AnthropicAdapter
+
+    return AnthropicAdapter(client, async_client)

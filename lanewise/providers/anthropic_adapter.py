@@ -9,9 +9,15 @@ from typing import IO, Any
 import anthropic
 
 from lanewise.catalog import TaskSpec
-from lanewise.errors import BatchError
+from lanewise.errors import BatchError, ConfigurationError
 from lanewise.pricing import Usage
-from lanewise.providers.base import BatchLimits, BatchState, ItemOutcome, ProviderAdapter
+from lanewise.providers.base import (
+    BatchLimits,
+    BatchState,
+    ItemOutcome,
+    LiveReply,
+    ProviderAdapter,
+)
 from lanewise.providers.sdk_errors import is_quota_error, translated
 from lanewise.requests import PreparedRequest
 
@@ -30,8 +36,10 @@ class AnthropicAdapter(ProviderAdapter):
                          enqueued_token_budget=None)
     capabilities = frozenset({"live", "batch", "json_schema", "prompt_cache"})
 
-    def __init__(self, client: anthropic.Anthropic) -> None:
+    def __init__(self, client: anthropic.Anthropic,
+                 async_client: anthropic.AsyncAnthropic | None = None) -> None:
         self.client = client
+        self.async_client = async_client
 
     def request_body(self, task: TaskSpec, request: PreparedRequest) -> dict[str, Any]:
         """Messages params; JSON tasks force a tool whose input schema is the output schema."""
@@ -164,3 +172,24 @@ class AnthropicAdapter(ProviderAdapter):
         with translated(self.name, "create message"):
             message = self.client.messages.create(**body)
         return self._answer("live", message.model_dump())
+
+    def live_reply(self, body: dict[str, Any], *, timeout: float | None = None) -> LiveReply:
+        """One Messages call with its rate-limit headers (the JSON read as it came)."""
+        with translated(self.name, "create message"):
+            raw = self.client.with_raw_response.messages.create(**body, timeout=timeout)
+            return self._reply(raw.http_response)
+
+    async def live_reply_async(self, body: dict[str, Any], *,
+                               timeout: float | None = None) -> LiveReply:
+        """`live_reply` through the async client."""
+        if self.async_client is None:
+            raise ConfigurationError("this Anthropic adapter was built without an async "
+                                     "client")
+        with translated(self.name, "create message"):
+            raw = await self.async_client.with_raw_response.messages.create(
+                **body, timeout=timeout)
+            return self._reply(raw.http_response)
+
+    @staticmethod
+    def _reply(response: Any) -> LiveReply:
+        return LiveReply(AnthropicAdapter._answer("live", response.json()), response.headers)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
@@ -85,6 +85,14 @@ class ItemOutcome:
     out_of_credit: bool = False
 
 
+@dataclass(frozen=True)
+class LiveReply:
+    """One live call's answer with the HTTP headers it came with (rate-limit state)."""
+
+    outcome: ItemOutcome
+    headers: Mapping[str, str]
+
+
 class ProviderAdapter(ABC):
     """A provider behind lanewise: live calls and the batch API, on the official SDK."""
 
@@ -151,3 +159,13 @@ class ProviderAdapter(ABC):
     @abstractmethod
     def live(self, body: dict[str, Any]) -> ItemOutcome:
         """One live call; raises ProviderError subclasses on failure."""
+
+    @abstractmethod
+    def live_reply(self, body: dict[str, Any], *, timeout: float | None = None) -> LiveReply:
+        """One live call through the sync client, with its response headers; raises
+        ProviderError subclasses (their `error_headers` hold the failed response's)."""
+
+    @abstractmethod
+    async def live_reply_async(self, body: dict[str, Any], *,
+                               timeout: float | None = None) -> LiveReply:
+        """`live_reply` through the async client the adapter was built with."""

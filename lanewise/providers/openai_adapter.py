@@ -9,12 +9,13 @@ from typing import IO, Any
 import openai
 
 from lanewise.catalog import TaskSpec
-from lanewise.errors import ProviderError
+from lanewise.errors import ConfigurationError, ProviderError
 from lanewise.pricing import Usage
 from lanewise.providers.base import (
     BatchLimits,
     BatchState,
     ItemOutcome,
+    LiveReply,
     ProviderAdapter,
 )
 from lanewise.providers.sdk_errors import (
@@ -41,8 +42,10 @@ class OpenAIAdapter(ProviderAdapter):
     capabilities = frozenset({"live", "batch", "json_schema", "prompt_cache",
                               "batch_metadata"})
 
-    def __init__(self, client: openai.OpenAI) -> None:
+    def __init__(self, client: openai.OpenAI,
+                 async_client: openai.AsyncOpenAI | None = None) -> None:
         self.client = client
+        self.async_client = async_client
 
     def request_body(self, task: TaskSpec, request: PreparedRequest) -> dict[str, Any]:
         """A chat.completions body; JSON tasks use a strict `json_schema` response format."""
@@ -186,3 +189,25 @@ class OpenAIAdapter(ProviderAdapter):
         with translated(self.name, "chat completion"):
             response = self.client.chat.completions.create(**body)
         return self._answer("live", response.model_dump())
+
+    def live_reply(self, body: dict[str, Any], *, timeout: float | None = None) -> LiveReply:
+        """One chat completion with its rate-limit headers (the JSON read as it came:
+        no SDK model built and dumped again on the live lane's hot path)."""
+        with translated(self.name, "chat completion"):
+            raw = self.client.with_raw_response.chat.completions.create(**body,
+                                                                         timeout=timeout)
+            return self._reply(raw.http_response)
+
+    async def live_reply_async(self, body: dict[str, Any], *,
+                               timeout: float | None = None) -> LiveReply:
+        """`live_reply` through the async client."""
+        if self.async_client is None:
+            raise ConfigurationError("this OpenAI adapter was built without an async client")
+        with translated(self.name, "chat completion"):
+            raw = await self.async_client.with_raw_response.chat.completions.create(
+                **body, timeout=timeout)
+            return self._reply(raw.http_response)
+
+    @staticmethod
+    def _reply(response: Any) -> LiveReply:
+        return LiveReply(OpenAIAdapter._answer("live", response.json()), response.headers)

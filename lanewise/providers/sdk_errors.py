@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import openai
@@ -71,6 +71,15 @@ def translated(provider: str, action: str) -> Iterator[None]:
         if is_retryable_status(status):
             raise TransientProviderError(message, status_code=status) from exc
         raise PermanentProviderError(message, status_code=status) from exc
+
+
+def error_headers(exc: BaseException) -> Mapping[str, str]:
+    """The HTTP headers of the response behind a provider error raised by `translated`
+    (retry-after, rate-limit state); empty when there was no response (a connection
+    failure, a timeout)."""
+    response = getattr(exc.__cause__, "response", None)
+    headers = getattr(response, "headers", None)
+    return headers if headers is not None else {}
 
 
 def _response_error(response: Any) -> dict[str, Any] | None:
