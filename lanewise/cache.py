@@ -26,6 +26,7 @@ from decimal import Decimal
 from json.encoder import encode_basestring as _json_string  # the C escaper
 from typing import TYPE_CHECKING, Any
 
+from lanewise.json_slots import split_at_marks
 from lanewise.pricing import from_picodollars
 
 if TYPE_CHECKING:
@@ -96,19 +97,7 @@ class RequestHasher:
                                  [{"role": "user", "content": marks[1]}], 0, False)
         template = canonical_json({"body": adapter.request_body(task, sample),
                                    "model": task.model, "provider": task.provider})
-        self.pieces: list[str] = []
-        self.order: list[int] = []
-        rest = template
-        while True:
-            found = [(rest.find(json.dumps(m)), i) for i, m in enumerate(marks)]
-            found = [(pos, i) for pos, i in found if pos >= 0]
-            if not found:
-                break
-            pos, index = min(found)
-            self.pieces.append(rest[:pos])
-            self.order.append(index)
-            rest = rest[pos + len(json.dumps(marks[index])):]
-        self.pieces.append(rest)
+        self.pieces, self.order = split_at_marks(template, marks)
         # Each placeholder once: (system, user) in either order, or the user text alone.
         self.fast = sorted(self.order) == ([0, 1] if self.has_system else [1])
         self.system_first = self.order[0] == 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # the C escaper
 from typing import IO, Any
 
+from lanewise.json_slots import split_at_marks
 from lanewise.providers.base import BatchLimits
 from lanewise.storage import Storage
 
@@ -52,19 +53,7 @@ class LineEncoder:
                                  [{"role": "user", "content": marks[2]}], 0, False)
         template = encode_line(adapter.batch_line(marks[0],
                                                   adapter.request_body(task, sample))).decode()
-        self.pieces: list[str] = []
-        self.order: list[int] = []
-        rest = template
-        while True:
-            found = [(rest.find(json.dumps(m)), i) for i, m in enumerate(marks)]
-            found = [(pos, i) for pos, i in found if pos >= 0]
-            if not found:
-                break
-            pos, index = min(found)
-            self.pieces.append(rest[:pos])
-            self.order.append(index)
-            rest = rest[pos + len(json.dumps(marks[index])):]
-        self.pieces.append(rest)
+        self.pieces, self.order = split_at_marks(template, marks)
 
     def encode(self, custom_id: str, request: Any) -> bytes:
         """The JSONL line of one request."""
