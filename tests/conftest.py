@@ -133,3 +133,19 @@ def ledger_url(request, tmp_path) -> str:
         pytest.skip("LANEWISE_TEST_POSTGRES_URL is not set")
     _reset_postgres(POSTGRES_URL)
     return POSTGRES_URL
+
+
+@pytest.fixture()
+def live_flow_env(emulator, tmp_path, monkeypatch, prefect_harness):
+    """Settings for live-lane flows: this test's home and the test emulator; lanes closed
+    after."""
+    from lanewise.live import close_lanes
+    from lanewise.settings import get_settings
+
+    monkeypatch.setenv("LANEWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LANEWISE_EMULATOR_URL", emulator.url)
+    monkeypatch.delenv("LANEWISE_REDIS_URL", raising=False)
+    get_settings.cache_clear()
+    yield
+    close_lanes()
+    get_settings.cache_clear()

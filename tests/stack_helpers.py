@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -105,6 +107,21 @@ def start_stack(home: Path, **env: str) -> Stack:
     api = RetryingClient(base_url=state["api_url"], trust_env=False, timeout=30)
     return Stack(home, environment, state, api, cold)
 
+
+
+@contextmanager
+def running_stack(home: Path) -> Iterator[Stack]:
+    """`lanewise up` on free ports in `home`, quick to pick up and poll runs; `lanewise
+    down` at the end unless a test has done it."""
+    stack = start_stack(home, **{
+        "PREFECT_WORKER_QUERY_SECONDS": "1",  # the worker picks a run up within a second
+        "LANEWISE_POLL_INITIAL_SECONDS": "0.1", "LANEWISE_POLL_MAX_SECONDS": "0.5"})
+    try:
+        yield stack
+    finally:
+        stack.api.close()
+        if (home / "stack" / "stack.json").exists():
+            run_cli(["down"], stack.env, timeout=120, check=False)
 
 def flow_run(stack: Stack, run_id: str) -> dict[str, Any]:
     """The flow run (name, state type and message, infrastructure pid ...)."""

@@ -63,20 +63,6 @@ def test_the_deployment_is_on_demand_with_valid_parameters():
     assert all(field.get("description") for field in fields.values())
 
 
-@pytest.fixture()
-def flow_env(emulator, tmp_path, monkeypatch, prefect_harness):
-    """Settings for the flow: this test's home and the test emulator; lanes closed after."""
-    from lanewise.live import close_lanes
-
-    monkeypatch.setenv("LANEWISE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LANEWISE_EMULATOR_URL", emulator.url)
-    monkeypatch.delenv("LANEWISE_REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    yield
-    close_lanes()
-    get_settings.cache_clear()
-
-
 def flow_run_and_artifact(state, key: str) -> tuple[Any, list[dict[str, Any]]]:
     """The flow run as the API has it, and the data of its artifact `key`."""
     from prefect.client.orchestration import get_client
@@ -123,7 +109,7 @@ def most_in_flight(calls: list[dict[str, Any]]) -> int:
 
 
 @pytest.mark.prefect
-def test_a_live_run_answers_its_rows_names_itself_and_publishes_its_cost(flow_env, emulator):
+def test_a_live_run_answers_its_rows_names_itself_and_publishes_its_cost(live_flow_env, emulator):
     from flows.live import live_on_demand
 
     rows = [ticket(i) for i in range(1, 21)]
@@ -174,7 +160,7 @@ def test_a_live_run_answers_its_rows_names_itself_and_publishes_its_cost(flow_en
 
 
 @pytest.mark.prefect
-def test_a_live_run_picks_rows_from_an_input_by_key(flow_env, emulator, tmp_path):
+def test_a_live_run_picks_rows_from_an_input_by_key(live_flow_env, emulator, tmp_path):
     from flows.live import live_on_demand
 
     source = tmp_path / "tickets.jsonl"

@@ -39,7 +39,7 @@ from tests.stack_helpers import (
     ledger_run,
     ok,
     run_cli,
-    start_stack,
+    running_stack,
     submit,
     tickets,
     wait_final,
@@ -53,16 +53,8 @@ pytestmark = pytest.mark.e2e
 def stack(tmp_path_factory) -> Iterator[Stack]:
     """`lanewise up` on free ports in a temporary home; `lanewise down` at the end if a
     test has not done it."""
-    home = tmp_path_factory.mktemp("ops") / "home"
-    stack = start_stack(home, **{
-        "PREFECT_WORKER_QUERY_SECONDS": "1",  # the worker picks a run up within a second
-        "LANEWISE_POLL_INITIAL_SECONDS": "0.1", "LANEWISE_POLL_MAX_SECONDS": "0.5"})
-    try:
+    with running_stack(tmp_path_factory.mktemp("ops") / "home") as stack:
         yield stack
-    finally:
-        stack.api.close()
-        if (home / "stack" / "stack.json").exists():
-            run_cli(["down"], stack.env, timeout=120, check=False)
 
 
 # --- the tests, in the order a team meets them ---------------------------------------

@@ -16,21 +16,7 @@ from tests.live_helpers import billed_live, ticket
 pytestmark = pytest.mark.prefect
 
 
-@pytest.fixture()
-def flow_env(emulator, tmp_path, monkeypatch, prefect_harness):
-    """This test's home and the test emulator; lanes closed after."""
-    from lanewise.live import close_lanes
-
-    monkeypatch.setenv("LANEWISE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("LANEWISE_EMULATOR_URL", emulator.url)
-    monkeypatch.delenv("LANEWISE_REDIS_URL", raising=False)
-    get_settings.cache_clear()
-    yield
-    close_lanes()
-    get_settings.cache_clear()
-
-
-def test_drafts_now_and_tags_and_summaries_tonight(flow_env, emulator, tmp_path):
+def test_drafts_now_and_tags_and_summaries_tonight(live_flow_env, emulator, tmp_path):
     from flows.support_day import support_day
     from lanewise import queue
     from lanewise.batch.drain import drain_task
@@ -66,7 +52,7 @@ def test_drafts_now_and_tags_and_summaries_tonight(flow_env, emulator, tmp_path)
         assert sum((i.cost_usd for i in items), Decimal(0)) == billed_for(emulator, batch_ids)
 
 
-def test_a_ticket_answered_live_by_day_is_not_paid_again_at_night(flow_env, emulator,
+def test_a_ticket_answered_live_by_day_is_not_paid_again_at_night(live_flow_env, emulator,
                                                                    tmp_path):
     """ticket-tagging has a live path too: what a live call answered by day, the night's
     batch run over the same rows takes from the result cache and never sends."""
