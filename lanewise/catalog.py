@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,32 @@ class CacheSpec(BaseModel):
         "was answered; none: until the request changes.")
 
 
+class BudgetSpec(BaseModel):
+    """What a task may spend (USD), enforced by both lanes: a batch run whose upper-bound
+    estimate would pass the per-run ceiling or what is left of the day's or month's
+    budget is refused before it sends anything; the live lane stops paying once the
+    day's or month's budget is spent and answers by the task's cache or defer fallback."""
+
+    daily_usd: Decimal | None = Field(
+        default=None, gt=0, description="Most the task may spend in one UTC day, both "
+        "lanes together.")
+    monthly_usd: Decimal | None = Field(
+        default=None, gt=0, description="Most the task may spend in one UTC calendar "
+        "month, both lanes together.")
+    run_ceiling_usd: Decimal | None = Field(
+        default=None, gt=0, description="Most one batch run of the task may cost, by its "
+        "upper-bound estimate (every request at the task's max output tokens).")
+
+    def is_set(self) -> bool:
+        """Whether any limit is set."""
+        return any(v is not None for v in (self.daily_usd, self.monthly_usd,
+                                           self.run_ceiling_usd))
+
+
+#: Days in each period an expected volume may be declared per.
+VOLUME_PERIOD_DAYS = {"day": 1, "week": 7, "month": 30}
+
+
 class TaskSpec(BaseModel):
     """One AI task of the product: prompt, model, output, lane policy and limits."""
 
@@ -122,7 +149,10 @@ class TaskSpec(BaseModel):
     lane: LanePolicy = LanePolicy.BATCH
     person_waits: bool = False
     max_delay_hours: float = 24
-    expected_volume: int = 0
+    expected_volume: int = Field(0, ge=0, description="Requests the task is expected to "
+                                 "make per `expected_volume_period` (the audit compares "
+                                 "the measured volume with it).")
+    expected_volume_period: Literal["day", "week", "month"] = "day"
     retry_budget: int = Field(2, ge=0)
     input: InputSpec
     prompt: PromptSpec
@@ -132,6 +162,11 @@ class TaskSpec(BaseModel):
     output: OutputSpec = Field(default_factory=OutputSpec)
     live: LiveSpec = Field(default_factory=LiveSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+
+    def expected_per_day(self) -> float:
+        """The declared volume as requests per day."""
+        return self.expected_volume / VOLUME_PERIOD_DAYS[self.expected_volume_period]
 
 
 class Catalog:

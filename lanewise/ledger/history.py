@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from lanewise.errors import LedgerError, RunBusyError
-from lanewise.ledger.schema import items, run_item_counts, run_leases, runs, shards
+from lanewise.ledger.schema import items, live_calls, run_item_counts, run_leases, runs, shards
 from lanewise.pricing import from_picodollars
 
 #: Item states that carry an answer the provider billed (the only ones with a cost).
@@ -107,11 +107,14 @@ class HistoryRecords:
 
     def billed_costs(self, since: float | None = None,
                      until: float | None = None) -> list[BilledCost]:
-        """Billed items grouped by shard, each group stamped by its batch's end
-        (`ended_at`, else `submitted_at`, as reconciliation dates costs; items without a
-        shard by their run's end, else its start), within [since, until) in epoch
-        seconds. Only answered items (`BILLED_STATES`) count as requests; they are the
-        only ones with a cost."""
+        """Billed requests of both lanes within [since, until) in epoch seconds.
+
+        Batch items grouped by shard, each group stamped by its batch's end (`ended_at`,
+        else `submitted_at`, as reconciliation dates costs; items without a shard by
+        their run's end, else its start); only answered items (`BILLED_STATES`) count,
+        they are the only ones with a cost. Live calls the provider billed (cost above
+        zero: not those answered from the cache or deferred) grouped by task, model and
+        UTC hour, stamped at the hour's start, with run key `live`."""
         stamp = sa.func.coalesce(shards.c.ended_at, shards.c.submitted_at,
                                  runs.c.finished_at, runs.c.created_at)
         query = (
@@ -125,17 +128,55 @@ class HistoryRecords:
             .group_by(runs.c.id, shards.c.id, stamp, runs.c.run_key, runs.c.task,
                       runs.c.lane, runs.c.provider, runs.c.model)
             .order_by(stamp))
+        # The UTC hour: floor on PostgreSQL, whose integer cast rounds; SQLite's truncates
+        # (and its floor() is an optional build).
+        hours = sa.func.floor(live_calls.c.created_at / 3600) if self.dialect == "postgresql" \
+            else sa.cast(live_calls.c.created_at / 3600, sa.Integer)
+        hour = sa.cast(hours * 3600, sa.Float)
+        live_query = (
+            sa.select(hour.label("at"), live_calls.c.task, live_calls.c.provider,
+                      live_calls.c.model, sa.func.count().label("requests"),
+                      sa.func.sum(live_calls.c.cost_picodollars).label("cost"))
+            .where(live_calls.c.cost_picodollars > 0)
+            .group_by(hour, live_calls.c.task, live_calls.c.provider, live_calls.c.model))
         if since is not None:
             query = query.where(stamp >= since)
+            live_query = live_query.where(live_calls.c.created_at >= since)
         if until is not None:
             query = query.where(stamp < until)
+            live_query = live_query.where(live_calls.c.created_at < until)
         with self.engine.connect() as conn:
-            return [BilledCost(at=float(at), run_key=run_key, task=task, lane=lane,
-                               provider=provider, model=model, requests=int(n),
-                               cost_picodollars=int(cost or 0),
-                               live_cost_picodollars=int(live or 0))
-                    for at, run_key, task, lane, provider, model, n, cost, live
-                    in conn.execute(query)]
+            found = [BilledCost(at=float(at), run_key=run_key, task=task, lane=lane,
+                                provider=provider, model=model, requests=int(n),
+                                cost_picodollars=int(cost or 0),
+                                live_cost_picodollars=int(live or 0))
+                     for at, run_key, task, lane, provider, model, n, cost, live
+                     in conn.execute(query)]
+            # A live call's all-live cost is what it paid.
+            found += [BilledCost(at=float(at), run_key="live", task=task, lane="live",
+                                 provider=provider, model=model, requests=int(n),
+                                 cost_picodollars=int(cost or 0),
+                                 live_cost_picodollars=int(cost or 0))
+                      for at, task, provider, model, n, cost in conn.execute(live_query)]
+        return sorted(found, key=lambda c: c.at)
+
+    def spend_picodollars(self, task: str, since: float, until: float | None = None) -> int:
+        """What `task` paid in both lanes within [since, until) (epoch seconds), dated as
+        `billed_costs` dates it: the spend a budget is checked against."""
+        stamp = sa.func.coalesce(shards.c.ended_at, shards.c.submitted_at,
+                                 runs.c.finished_at, runs.c.created_at)
+        batch = (sa.select(sa.func.coalesce(sa.func.sum(items.c.cost_picodollars), 0))
+                 .select_from(items.join(runs, runs.c.id == items.c.run_id)
+                              .outerjoin(shards, shards.c.id == items.c.shard_id))
+                 .where(runs.c.task == task, items.c.status.in_(BILLED_STATES),
+                        stamp >= since))
+        live = (sa.select(sa.func.coalesce(sa.func.sum(live_calls.c.cost_picodollars), 0))
+                .where(live_calls.c.task == task, live_calls.c.created_at >= since))
+        if until is not None:
+            batch = batch.where(stamp < until)
+            live = live.where(live_calls.c.created_at < until)
+        with self.engine.connect() as conn:
+            return int(conn.execute(batch).scalar_one()) + int(conn.execute(live).scalar_one())
 
     def forget_run(self, run_key: str) -> ForgottenRun:
         """Remove a run that never sent anything: its items, shards, lease and the run,

@@ -39,6 +39,11 @@ runs = sa.Table(
     sa.Column("window_start", sa.String(10)),
     sa.Column("window_end", sa.String(10)),
     sa.Column("prefect_flow_run_id", sa.String(64)),
+    # 0010: the offline cost estimate made before the run sent anything (upper bound:
+    # every request at the task's max output tokens; expected: at its measured average
+    # output), checked against the task's budget and reported against the billed cost.
+    sa.Column("estimate_upper_picodollars", sa.BigInteger),
+    sa.Column("estimate_expected_picodollars", sa.BigInteger),
 )
 
 shards = sa.Table(
@@ -163,6 +168,8 @@ live_calls = sa.Table(
     sa.Column("cached_from", sa.String(100)),
     sa.Column("queue_item_id", sa.Integer),
     sa.Column("created_at", sa.Float, nullable=False),
+    # 0010: the input row the call answered (JSON), for `lanewise whatif --sample`.
+    sa.Column("request_row", sa.Text),
     sa.Index("ix_live_calls_task_created", "task", "created_at"),
     sa.Index("ix_live_calls_hash", "content_hash"),
 )
