@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from lanewise.budgets import BudgetStatus
     from lanewise.ledger import Ledger
 
 console = Console()
@@ -94,6 +95,22 @@ def forget(run_key: str) -> None:
                        "nothing had been sent"), soft_wrap=True)
 
 
+def _budgets(ledger: Ledger) -> list[BudgetStatus]:
+    """The catalog's budgeted tasks with their spend this UTC day and month; none (and a
+    note on stderr) when the catalog cannot be read, so the costs still show."""
+    from lanewise.budgets import budget_statuses
+    from lanewise.catalog import load_catalog
+    from lanewise.errors import LanewiseError
+    from lanewise.settings import get_settings
+
+    try:
+        catalog = load_catalog(get_settings().catalog_path)
+    except LanewiseError as exc:
+        Console(stderr=True).print(Text(f"budgets not shown: {exc}"), soft_wrap=True)
+        return []
+    return list(budget_statuses(ledger, catalog).values())
+
+
 @click.command()
 @click.option("--by", type=click.Choice(["day", "task", "lane", "model"]), default="day",
               show_default=True, help="Group costs by UTC day, task, lane or model.")
@@ -103,30 +120,67 @@ def forget(run_key: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False, writable=True),
               default=None, help="Also write a PNG chart of daily cost against all-live.")
+@click.option("--budgets", "budgets_only", is_flag=True,
+              help="Show only the tasks' budgets and what each spent this UTC day and "
+              "month (as a table, or with --csv / --json).")
 def costs(by: str, since: datetime | None, as_csv: bool, as_json: bool,
-          chart_path: str | None) -> None:
-    """What the ledger's billed requests cost, against the same usage all-live.
+          chart_path: str | None, budgets_only: bool) -> None:
+    """What the ledger's billed requests cost (both lanes), against the same usage
+    all-live.
 
-    Costs are dated by the UTC day the provider's batch ended, as the provider bills
-    them (and as `lanewise reconcile` compares them). Money in USD: exact in CSV and
+    Batch costs are dated by the UTC day the provider's batch ended, as the provider
+    bills them (and as `lanewise reconcile` compares them); live calls by the day they
+    were made. Money in USD: exact in CSV and
     JSON, rounded in the table (six places below a dollar, cents above).
+
+    Tasks with a budget in the catalog are listed under the table (and in the JSON, as
+    `budgets`): their daily and monthly budgets and per-run ceiling, and what each spent
+    this UTC day and month in both lanes, whatever --since says. --budgets shows only
+    those, also as CSV.
     """
     from pathlib import Path
 
-    from lanewise.costs import cost_chart_png, cost_rows, cost_table, to_csv, to_json
+    from lanewise.costs import (
+        budget_records,
+        budget_table,
+        budgets_csv,
+        cost_chart_png,
+        cost_rows,
+        cost_table,
+        to_csv,
+        to_json,
+    )
 
     if as_csv and as_json:
         raise click.UsageError("--csv and --json exclude each other")
+    if budgets_only and chart_path:
+        raise click.UsageError("--budgets shows the budgets alone; --chart goes without it")
     ledger = _ledger()
     day = since.date() if since else None
+    budgets = _budgets(ledger) if budgets_only or not as_csv else []
+    budget_title = "Budgets (USD): what each task spent this UTC day and month"
+    if budgets_only:
+        if as_csv:
+            click.echo(budgets_csv(budgets), nl=False)
+        elif as_json:
+            import json
+
+            click.echo(json.dumps({"budgets": budget_records(budgets)}, indent=2))
+        elif budgets:
+            console.print(budget_table(budgets, budget_title))
+        else:
+            console.print(Text("No task of the catalog has a budget."))
+        return
     rows = cost_rows(ledger, by, day)
     if as_csv:
         click.echo(to_csv(rows, by), nl=False)
     elif as_json:
-        click.echo(to_json(rows, by, day))
+        click.echo(to_json(rows, by, day, budgets))
     else:
         period = f"since {day}" if day else "all time"
         console.print(cost_table(rows, by, f"Cost by {by}, {period} (USD)"))
+        if budgets:
+            console.print(budget_table(budgets, budget_title))
     if chart_path:
         Path(chart_path).write_bytes(cost_chart_png(ledger, day))
         # With --csv or --json, stdout carries the data alone.

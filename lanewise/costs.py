@@ -1,16 +1,24 @@
 """What lanewise spent, from the ledger: by day, task, lane or model, against what the same
 usage would have cost all-live, as a table, CSV, JSON, a chart and a markdown report.
 
-Costs are the items' billed cost (`cost_picodollars`, priced from the usage the
-provider returned, `lanewise.pricing`); the all-live figure is the same usage at the
-live rates (`live_cost_picodollars`, priced at the same time). A cost is dated by the
-UTC day its batch ended (`shards.ended_at`, else when it was submitted), as
-reconciliation dates them (`lanewise.reconcile.ledger_costs`), so a day's figure here is
-the day the provider bills it. Requests are answered (billed) requests.
+Costs are what both lanes billed (`Ledger.billed_costs`): batch items' cost
+(`cost_picodollars`, priced from the usage the provider returned, `lanewise.pricing`),
+whose all-live figure is the same usage at the live rates (`live_cost_picodollars`,
+priced at the same time), and live calls the provider billed (lane `live`: their
+all-live figure is what they paid). A batch cost is dated by the UTC day its batch
+ended (`shards.ended_at`, else when it was submitted), as reconciliation dates them
+(`lanewise.reconcile.ledger_costs`), so a day's figure here is the day the provider
+bills it; a live call by when it was made. Requests are answered (billed) requests;
+live calls answered from the cache or deferred cost nothing and are not counted.
 
 `cost_chart_png` and `cost_history_markdown` are what the nightly flow publishes as
 Prefect artifacts; the CLI (`lanewise costs`) prints `cost_table`, `to_csv`, `to_json`
 and writes the chart.
+
+Budgets (`lanewise costs --budgets`, and under the table and in the JSON whenever the
+catalog sets any): each budgeted task's daily and monthly budget, per-run ceiling, and
+what it spent this UTC day and month in both lanes (`lanewise.budgets.budget_status`),
+whatever period the cost rows cover: a budget is about today and this month.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from lanewise.pricing import from_picodollars
 from lanewise.reporting import exact_usd, money
 
 if TYPE_CHECKING:
+    from lanewise.budgets import BudgetStatus
     from lanewise.ledger import Ledger
     from lanewise.ledger.history import BilledCost
 
@@ -136,7 +145,8 @@ def cost_table(rows: list[CostRow], by: str, title: str) -> Table:
     """The rows as a rich table with a total row (keys as plain text, never markup)."""
     table = Table(title=Text(title), title_justify="left", caption_justify="left",
                   caption=Text("all-live: the same usage at the live API's prices; days are "
-                               "UTC days the provider's batches ended"))
+                               "UTC days the provider's batches ended (live calls: the "
+                               "day they were made)"))
     table.add_column(by)
     for header in ("requests", "cost", "all-live", "saving"):
         table.add_column(header, justify="right")
@@ -160,13 +170,74 @@ def to_csv(rows: list[CostRow], by: str) -> str:
     return out.getvalue()
 
 
-def to_json(rows: list[CostRow], by: str, since: date | None) -> str:
-    """The rows and their total as JSON (money as exact decimal strings, in USD)."""
-    return json.dumps({"by": by, "since": since.isoformat() if since else None,
-                       "dated_by": "UTC day the provider's batch ended",
-                       "rows": [row.record(by) for row in rows],
-                       "total": {k: v for k, v in total_of(rows).record(by).items()
-                                 if k != by}}, indent=2)
+def to_json(rows: list[CostRow], by: str, since: date | None,
+            budgets: list[BudgetStatus] | None = None) -> str:
+    """The rows and their total as JSON (money as exact decimal strings, in USD); with
+    `budgets`, those too (`budget_records`)."""
+    found: dict[str, Any] = {"by": by, "since": since.isoformat() if since else None,
+                             "dated_by": "UTC day the provider's batch ended; a live "
+                             "call's, the UTC day it was made",
+                             "rows": [row.record(by) for row in rows],
+                             "total": {k: v for k, v in total_of(rows).record(by).items()
+                                       if k != by}}
+    if budgets:
+        found["budgets"] = budget_records(budgets)
+    return json.dumps(found, indent=2)
+
+
+# --- budgets --------------------------------------------------------------------------
+
+#: A budget record's fields, in CSV order.
+BUDGET_FIELDS = ("task", "daily_budget_usd", "spent_today_usd", "left_today_usd",
+                 "monthly_budget_usd", "spent_month_usd", "left_month_usd",
+                 "run_ceiling_usd")
+
+
+def _exact(amount: Decimal | None) -> str | None:
+    return None if amount is None else exact_usd(amount)
+
+
+def budget_records(budgets: list[BudgetStatus]) -> list[dict[str, Any]]:
+    """Each task's budgets and spend this UTC day and month, JSON-ready (money exact;
+    None where the task has no such budget; left is negative when overspent)."""
+    return [{"task": b.task, "daily_budget_usd": _exact(b.daily_usd),
+             "spent_today_usd": exact_usd(b.spent_today_usd),
+             "left_today_usd": _exact(b.daily_left_usd),
+             "monthly_budget_usd": _exact(b.monthly_usd),
+             "spent_month_usd": exact_usd(b.spent_month_usd),
+             "left_month_usd": _exact(b.monthly_left_usd),
+             "run_ceiling_usd": _exact(b.run_ceiling_usd)} for b in budgets]
+
+
+def budgets_csv(budgets: list[BudgetStatus]) -> str:
+    """The budget records as CSV (empty cells where a task has no such budget)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=BUDGET_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(budget_records(budgets))
+    return out.getvalue()
+
+
+def budget_table(budgets: list[BudgetStatus], title: str) -> Table:
+    """Each budgeted task: spent today against its daily budget, this month against its
+    monthly one, and its per-run ceiling; a budget spent shows in red."""
+    table = Table(title=Text(title), title_justify="left", caption_justify="left",
+                  caption=Text("both lanes together; a spent budget stops the task's live "
+                               "calls from paying, and a batch run is refused when its "
+                               "estimate passes what is left or the per-run ceiling"))
+    table.add_column("task")
+    for header in ("today", "daily", "month", "monthly", "per run"):
+        table.add_column(header, justify="right")
+    for status in budgets:
+        cells = []
+        for spent, limit in ((status.spent_today_usd, status.daily_usd),
+                             (status.spent_month_usd, status.monthly_usd)):
+            spent_out = limit is not None and spent >= limit
+            cells += [Text(money(spent), style="bold red" if spent_out else ""),
+                      Text("-" if limit is None else money(limit))]
+        ceiling = "-" if status.run_ceiling_usd is None else money(status.run_ceiling_usd)
+        table.add_row(Text(status.task), *cells, Text(ceiling))
+    return table
 
 
 #: The chart's colours: the all-live bar behind, the billed bar in front of it.

@@ -13,6 +13,10 @@ The hierarchy::
     │                                 `insufficient_quota`, Anthropic "credit balance is
     │                                 too low"): never retried, stops the run, fails no item
     ├── BatchError                    a provider batch ended badly as a whole (failed, vanished)
+    ├── BudgetExceededError           a batch run's cost estimate is over the task's per-run
+    │                                 ceiling or what is left of its daily or monthly budget:
+    │                                 refused before anything is sent (the message gives the
+    │                                 figures and how to split the run)
     ├── LedgerError                   the ledger cannot be read or written as expected
     ├── RunBusyError                  another process drives this run key now (names it)
     └── ReconciliationError           the ledger disagrees with the provider's cost report
@@ -22,6 +26,8 @@ Adapters raise only these; the CLI turns them into one-line messages at its boun
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 
 class LanewiseError(Exception):
@@ -77,6 +83,34 @@ class PermanentProviderError(ProviderError):
 
 class BatchError(LanewiseError):
     """A provider batch ended badly as a whole."""
+
+
+class BudgetExceededError(LanewiseError):
+    """A batch run would cost more than its task's budget allows; nothing was sent.
+
+    Raised before the run's first batch is created, with the estimate, the limit it
+    passes, what was spent and what is left, and how to split the run. The run keeps
+    its plan: rerunning its run key once the budget allows (the next UTC day or month,
+    or a raised limit) checks it again and sends it.
+    """
+
+    def __init__(self, message: str, *, run_key: str | None = None,
+                 upper_usd: Decimal | None = None, expected_usd: Decimal | None = None) -> None:
+        super().__init__(message)
+        self.run_key = run_key
+        self.upper_usd = upper_usd
+        self.expected_usd = expected_usd
+
+    def __reduce__(self) -> tuple:
+        # Prefect hands a flow's exception back to its caller, possibly pickled.
+        return (_rebuild_budget_error, (str(self), self.run_key, self.upper_usd,
+                                        self.expected_usd))
+
+
+def _rebuild_budget_error(message: str, run_key: str | None, upper_usd: Decimal | None,
+                          expected_usd: Decimal | None) -> BudgetExceededError:
+    return BudgetExceededError(message, run_key=run_key, upper_usd=upper_usd,
+                               expected_usd=expected_usd)
 
 
 class LedgerError(LanewiseError):

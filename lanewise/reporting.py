@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -63,7 +63,31 @@ def cost_table(summaries: list[RunSummary], title: str = "What the runs cost") -
     add("batch cost", [usd(s.cost_usd) for s in summaries], usd(cost), style="bold")
     add("same work live", [usd(s.live_cost_usd) for s in summaries], usd(live))
     add("saved", [usd(s.saving_usd) for s in summaries], usd(live - cost), style="green")
+    if any(s.estimate_expected_usd is not None for s in summaries):
+        _estimate_rows(add, summaries)
     return table
+
+
+def _estimate_rows(add: Callable[..., None], summaries: list[RunSummary]) -> None:
+    """The offline estimate made before each run sent anything, against its bill."""
+    def each(amount: Decimal | None) -> str:
+        return "n/a" if amount is None else usd(amount)
+
+    def error(s: RunSummary) -> str:
+        pct = s.estimate_error_pct
+        return "n/a" if pct is None else f"{pct:+.1f}%"
+
+    complete = all(s.estimate_expected_usd is not None and s.estimate_upper_usd is not None
+                   for s in summaries)
+    expected = sum((s.estimate_expected_usd or Decimal(0) for s in summaries), Decimal(0))
+    upper = sum((s.estimate_upper_usd or Decimal(0) for s in summaries), Decimal(0))
+    billed = sum((s.cost_usd for s in summaries), Decimal(0))
+    add("estimate, expected", [each(s.estimate_expected_usd) for s in summaries],
+        usd(expected) if complete else "")
+    add("estimate, at most", [each(s.estimate_upper_usd) for s in summaries],
+        usd(upper) if complete else "")
+    add("expected vs billed", [error(s) for s in summaries],
+        f"{(expected - billed) / billed * 100:+.1f}%" if complete and billed else "")
 
 
 def reasons_table(summary: RunSummary, limit: int = 15) -> Table | None:

@@ -281,6 +281,13 @@ class Settings(BaseSettings):
         "survives any crash of lanewise's processes; the disk flush follows (see "
         "lanewise/live/record.py).",
     )
+    budget_refresh_seconds: float = Field(
+        default=5.0, ge=0,
+        description="At most how often the live lane reads again from the ledger what a "
+        "task with a daily or monthly budget spent (both lanes, all processes), in the "
+        "background: no call waits for it. Between reads it adds its own calls' costs at "
+        "once; lower sees other processes' spend sooner (0: a read after every call).",
+    )
     service_token: SecretStr | None = Field(
         default=None,
         description="Bearer token every request to `lanewise serve` must carry (at least "

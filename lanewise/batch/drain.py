@@ -37,6 +37,13 @@ Crash rules (nothing lost, nothing paid twice):
   and only settles it. Settling changes only items still `claimed` under K, so doing
   it twice changes nothing.
 
+Budgets: a drain's run is checked against its task's budget like any run, before it
+sends anything (`lanewise.budgets`). A refused run K is forgotten and its items go back
+to `queued` (in that order: killed in between, the items are still claimed under K and
+the next drain carries K again), so a later drain takes them once the budget allows,
+or in smaller claims (`claim_size`) that fit; this drain claims nothing more for the
+task.
+
 The flow (`flows/drain.py`) drives the run with Prefect tasks (`run_in_prefect`); tests
 and the library drive it in this process (`run_locally`).
 """
@@ -61,7 +68,7 @@ from lanewise.batch.flow_params import _blank_is_none, _config
 from lanewise.batch.results import RunSummary
 from lanewise.batch.runner import run_batch_lane
 from lanewise.catalog import load_catalog
-from lanewise.errors import RunBusyError
+from lanewise.errors import BudgetExceededError, LedgerError, RunBusyError
 from lanewise.pricing import from_picodollars
 
 if TYPE_CHECKING:
@@ -110,6 +117,7 @@ class DrainedRun:
     settled: int = 0  # queue items this drain settled
     summary: RunSummary | None = None
     busy: str | None = None  # another process drives it: the reason it was left alone
+    refused: str | None = None  # over the task's budget: why (its items queued again)
 
     @property
     def items(self) -> int:
@@ -132,7 +140,8 @@ class DrainReport:
     @property
     def cost_usd(self) -> Decimal:
         """What the items this drain settled cost (runs left to another process count 0)."""
-        return sum((r.cost_usd for r in self.runs if r.busy is None), Decimal(0))
+        return sum((r.cost_usd for r in self.runs if r.busy is None and r.refused is None),
+                   Decimal(0))
 
     def line(self) -> str:
         """The drain of this task in one line."""
@@ -145,6 +154,9 @@ class DrainReport:
                 parts.append(f"{run.run_key} ({how}, {run.items} item(s)) is driven by "
                              "another process: left to it")
                 continue
+            if run.refused is not None:
+                parts.append(f"{run.run_key} ({how}) refused: {run.refused}")
+                continue
             states = ", ".join(f"{s} {n}" for s, n in sorted(run.counts.items()))
             parts.append(f"{run.run_key} ({how}): {states}; ${run.cost_usd:,.6f}")
         return f"{self.task}: " + "; ".join(parts)
@@ -153,7 +165,8 @@ class DrainReport:
         """The report as plain data (a flow run's result)."""
         return {"task": self.task, "settled": self.settled, "cost_usd": str(self.cost_usd),
                 "runs": [{"run_key": r.run_key, "resumed": r.resumed, "counts": r.counts,
-                          "cost_usd": str(r.cost_usd), "busy": r.busy} for r in self.runs]}
+                          "cost_usd": str(r.cost_usd), "busy": r.busy, "refused": r.refused}
+                         for r in self.runs]}
 
 
 def drain_task(ctx: LaneContext, *, claim_size: int | None = None, run: RunLane = run_locally,
@@ -167,6 +180,8 @@ def drain_task(ctx: LaneContext, *, claim_size: int | None = None, run: RunLane 
     # in exactly one run, paid once.
     for run_key in ctx.ledger.unfinished_drain_runs(task):
         report.runs.append(carry(ctx, run_key, run, resumed=True))
+    if any(r.refused is not None for r in report.runs):
+        return report  # over the task's budget: a new claim would be refused too
     run_key = drain_run_key(task)
     limit = claim_size or ctx.settings.drain_claim_size
     claimed = ctx.ledger.claim_queue_items(task, limit, run_key, claimed_by or claimer())
@@ -199,6 +214,13 @@ def carry(ctx: LaneContext, run_key: str, run: RunLane, *, resumed: bool) -> Dra
             drained.busy = str(exc)
             drained.counts, _ = ctx.ledger.queue_run_totals(run_key)
             return drained
+        except BudgetExceededError as exc:
+            drained.counts, _ = ctx.ledger.queue_run_totals(run_key)
+            drained.refused = str(exc)
+            released = release_refused(ctx, run_key)
+            ctx.log.warning("drain run %s refused for the budget of %s; %d item(s) queued "
+                            "again for a later drain", run_key, ctx.task.name, released)
+            return drained
     ctx.crash_hook("drain_before_settle")
     finished = ctx.ledger.run_by_key(run_key)
     # Settled only from a finished run: every item of it is terminal, so no queue item
@@ -211,6 +233,29 @@ def carry(ctx: LaneContext, run_key: str, run: RunLane, *, resumed: bool) -> Dra
     ctx.log.info("settled %d queue item(s) of drain run %s: %s", drained.settled, run_key,
                  ", ".join(f"{s} {n}" for s, n in sorted(drained.counts.items())))
     return drained
+
+
+def release_refused(ctx: LaneContext, run_key: str) -> int:
+    """Undo a drain run refused for its task's budget (nothing was sent): forget the run,
+    then put its claimed items back to `queued`; returns how many. A run another
+    process took over meanwhile is left to it (0)."""
+    from lanewise.ledger.queue_records import CLAIMED, QUEUED
+    from lanewise.ledger.schema import queue_items
+    from lanewise.storage import remove_files
+
+    try:
+        forgotten = ctx.ledger.forget_run(run_key)
+    except (RunBusyError, LedgerError) as exc:
+        ctx.log.info("drain run %s kept as it is: %s", run_key, exc)
+        return 0
+    with ctx.ledger._write() as conn:
+        released = conn.execute(queue_items.update().where(
+            queue_items.c.run_key == run_key, queue_items.c.status == CLAIMED,
+        ).values(status=QUEUED, run_key=None, claimed_by=None, claimed_at=None)).rowcount
+    # Its planned shard files and input file are of no use to anyone now.
+    remove_files([*forgotten.shard_urls, drain_input_url(ctx, run_key)],
+                 **ctx.settings.storage_options())
+    return max(released, 0)
 
 
 def write_drain_input(ctx: LaneContext, run_key: str) -> str:

@@ -22,12 +22,12 @@ from lanewise.batch.flow_params import BackfillParams, DigestParams, NightlyPara
 from lanewise.batch.prefect_tasks import LANE, context_for, run_in_prefect
 from lanewise.batch.progress import artifact_key
 from lanewise.batch.results import RunSummary
-from lanewise.errors import ConfigurationError
+from lanewise.errors import BudgetExceededError, ConfigurationError
 
 
-def refused(exc: ConfigurationError) -> State:
-    """The failed state of a run refused for its parameters (the error is its data, so a
-    caller in Python gets it raised)."""
+def refused(exc: ConfigurationError | BudgetExceededError) -> State:
+    """The failed state of a run refused for its parameters or its task's budget (the
+    error is its data, so a caller in Python gets it raised)."""
     get_run_logger().error("%s", exc)
     return Failed(message=str(exc), data=exc)
 
@@ -53,7 +53,10 @@ def nightly(raw: Any) -> State:
     task, day = params.task.value, params.day()
     window = DateWindow(day, day) if params.filter_by_date else None
     run_key = params.run_key or run_key_for(task, None, day)
-    summary = run_in_prefect(task, run_key, params.input_url, window)
+    try:
+        summary = run_in_prefect(task, run_key, params.input_url, window)
+    except BudgetExceededError as exc:
+        return refused(exc)
     publish_cost_history(task)
     return finished(summary)
 
@@ -92,7 +95,10 @@ def backfill(raw: Any) -> State:
     task = params.task.value
     window = DateWindow(params.start, params.end)
     run_key = params.run_key or run_key_for(task, window)
-    return finished(run_in_prefect(task, run_key, params.input_url, window))
+    try:
+        return finished(run_in_prefect(task, run_key, params.input_url, window))
+    except BudgetExceededError as exc:
+        return refused(exc)
 
 
 def weekly_digest(raw: Any) -> State:
@@ -124,7 +130,10 @@ def weekly_digest(raw: Any) -> State:
         logger.warning("WARNING: %s: %s", label, note)
         return Completed(message=f"WARNING: {label}: {note}",
                          data={"run_key": run_key, "rows": 0, "tickets": 0})
-    summary = run_in_prefect(DIGEST_TASK, run_key, built.url, week)
+    try:
+        summary = run_in_prefect(DIGEST_TASK, run_key, built.url, week)
+    except BudgetExceededError as exc:
+        return refused(exc)
     if summary.results_url:
         create_markdown_artifact(themes_markdown(ctx, summary.results_url, f"Themes of {label}"),
                                  key=artifact_key(DIGEST_TASK, LANE, "themes"),

@@ -62,11 +62,34 @@ class RunSummary:
     #: cost) would have cost sent again in this run: their original answers' usage at
     #: batch prices. Apart from `saving_usd`, which compares what was sent with live.
     cache_saving_usd: Decimal = Decimal(0)
+    #: The offline estimate made before the run sent anything, at batch prices
+    #: (`lanewise.budgets`): expected (the task's measured average output) and upper
+    #: bound (every answer at max_output_tokens). None for a run without one.
+    estimate_expected_usd: Decimal | None = None
+    estimate_upper_usd: Decimal | None = None
 
     @property
     def saving_usd(self) -> Decimal:
         """What the batch lane saved against the live lane."""
         return self.live_cost_usd - self.cost_usd
+
+    @property
+    def estimate_error_pct(self) -> Decimal | None:
+        """The expected estimate's error against the billed cost, in percent of the
+        billed cost (positive: estimated high); None without an estimate or a bill."""
+        if self.estimate_expected_usd is None or not self.cost_usd:
+            return None
+        return (self.estimate_expected_usd - self.cost_usd) / self.cost_usd * 100
+
+    def estimate_line(self) -> str | None:
+        """Estimated against billed in one line, None without an estimate."""
+        if self.estimate_expected_usd is None or self.estimate_upper_usd is None:
+            return None
+        error = self.estimate_error_pct
+        off = "" if error is None else f" ({error:+.1f}% against billed)"
+        return (f"estimated before sending {_usd(self.estimate_expected_usd)} expected"
+                f"{off}, {_usd(self.estimate_upper_usd)} at most; billed "
+                f"{_usd(self.cost_usd)}")
 
     @property
     def succeeded(self) -> int:
@@ -123,17 +146,32 @@ class RunSummary:
                 "attempt_cost_usd": None if self.attempt_cost_usd is None
                 else str(self.attempt_cost_usd),
                 "cached": self.cached, "cache_saving_usd": str(self.cache_saving_usd),
+                "estimate_expected_usd": _text(self.estimate_expected_usd),
+                "estimate_upper_usd": _text(self.estimate_upper_usd),
+                "estimate_error_pct": None if self.estimate_error_pct is None
+                else f"{self.estimate_error_pct:.2f}",
                 "results_url": self.results_url, "outcome": self.outcome_line()}
 
     def cost_rows(self) -> list[dict[str, Any]]:
         """The summary as table rows (for Prefect table artifacts and the CLI)."""
         attempt = [] if self.attempt_cost_usd is None else [
             {"metric": "cost this attempt USD", "value": f"{self.attempt_cost_usd:.6f}"}]
+        estimate = []
+        if self.estimate_expected_usd is not None and self.estimate_upper_usd is not None:
+            error = self.estimate_error_pct
+            estimate = [
+                {"metric": "estimate USD (expected)",
+                 "value": f"{self.estimate_expected_usd:.6f}"},
+                {"metric": "estimate USD (upper bound)",
+                 "value": f"{self.estimate_upper_usd:.6f}"},
+                {"metric": "expected estimate vs billed",
+                 "value": "n/a (nothing billed)" if error is None else f"{error:+.1f}%"}]
         return [
             {"metric": "run", "value": self.run_key},
             {"metric": "window", "value": self.window or "every row"},
             *attempt,
             {"metric": "cost of the run in all USD", "value": f"{self.cost_usd:.6f}"},
+            *estimate,
             {"metric": "rows", "value": self.rows},
             *({"metric": status, "value": n} for status, n in sorted(self.counts.items())),
             {"metric": "input tokens", "value": self.input_tokens},
@@ -159,6 +197,9 @@ class RunSummary:
             lines += [f"{self.cached:,} row(s) were answered from the result cache: nothing "
                       f"was sent for them. Sent again at batch price they would have cost "
                       f"{_usd(self.cache_saving_usd)}.", ""]
+        estimated = self.estimate_line()
+        if estimated is not None:
+            lines += [f"{estimated[0].upper()}{estimated[1:]}.", ""]
         if self.attempt_cost_usd is not None:
             lines += [f"This attempt spent {_usd(self.attempt_cost_usd)}; the run has spent "
                       f"{_usd(self.cost_usd)} in all.", ""]
@@ -195,7 +236,17 @@ def summarize(ledger: Ledger, run_id: int) -> RunSummary:
         batch_ids=[s["provider_batch_id"] for s in shard_rows if s["provider_batch_id"]],
         results_url=run["results_url"], input_url=run["input_url"],
         window_start=run.get("window_start"), window_end=run.get("window_end"),
-        lane=run.get("lane") or "batch", prefect_flow_run_id=run.get("prefect_flow_run_id"))
+        lane=run.get("lane") or "batch", prefect_flow_run_id=run.get("prefect_flow_run_id"),
+        estimate_expected_usd=_usd_of(run.get("estimate_expected_picodollars")),
+        estimate_upper_usd=_usd_of(run.get("estimate_upper_picodollars")))
+
+
+def _usd_of(picodollars: int | None) -> Decimal | None:
+    return None if picodollars is None else from_picodollars(picodollars)
+
+
+def _text(amount: Decimal | None) -> str | None:
+    return None if amount is None else str(amount)
 
 
 def _batches(batch_ids: list[str], shown: int = 10) -> str:

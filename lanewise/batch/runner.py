@@ -21,6 +21,7 @@ from lanewise.batch.plan_ahead import take_lease
 from lanewise.batch.planning import open_run, plan_retries
 from lanewise.batch.results import RunSummary, summarize, write_results
 from lanewise.batch.steps import await_any, collect_shard, submit_shard
+from lanewise.budgets import check_run
 from lanewise.errors import BatchError, QuotaExhaustedError
 from lanewise.ledger.lease import RunLease
 from lanewise.ledger.schema import TERMINAL_ITEM_STATES
@@ -99,6 +100,9 @@ def run_batch_lane(ctx: LaneContext, run_key: str, input_url: str,
 
     The whole run happens under the run key's lease: one process drives a run key at a
     time, and a second one is told who does (RunBusyError) before it touches anything.
+    After planning and before its first batch, the run's cost estimate is checked
+    against the task's budget (`lanewise.budgets.check_run`): a run over it stops with
+    BudgetExceededError, nothing sent, its plan kept for a rerun of the run key.
     """
     steps = steps or LocalSteps(ctx)
     # A head start (plan_ahead) holds the lease already: keep it rather than release
@@ -124,6 +128,9 @@ def _drive(ctx: LaneContext, steps: Steps, run_key: str, input_url: str,
     still_driving = ctx.lease.ensure if ctx.lease is not None else (lambda: None)
     run_id = steps.plan(run_key, input_url, window)
     _report(ctx, run_id)
+    # Before the first batch is created: the cost estimate, checked against the task's
+    # budget (a run that already sent something was approved then and goes on).
+    check_run(ctx, run_id)
     for _ in range(MAX_ROUNDS):
         still_driving()
         shard_ids = steps.next_shards(run_id, run_key)

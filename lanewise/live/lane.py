@@ -15,6 +15,8 @@ against the task's schema with the batch lane's check, and records it (`record.p
 before returning. The first call of a task in a process also builds the clients of its
 providers, fallbacks' included, before its budget's clock starts: a fallback never pays
 an SDK import inside the budget (`warm` does it ahead, e.g. when a service starts).
+A task with a daily or monthly budget it has spent pays for no model call: the policy
+gets the reason (`lanewise.budgets.LiveBudgets`: its spend read in the background).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from lanewise import cache, queue
 from lanewise.batch.steps import _check_output
+from lanewise.budgets import LiveBudgets
 from lanewise.catalog import Catalog, FallbackSpec, TaskSpec
 from lanewise.errors import InputError, LanewiseError, ProviderError
 from lanewise.inputs import InputRow
@@ -94,6 +97,8 @@ class LiveLane:
                                                  self.settings.redis_prefix)
         else:
             self.limiter = Limiter()
+        # What budgeted tasks spent today and this month, read every few seconds.
+        self.budgets = LiveBudgets(self.ledger, self.settings.budget_refresh_seconds)
         self._lock = threading.Lock()
         self._creds: dict[str, Any] = {}
         self._adapters: dict[str, ProviderAdapter] = {}
@@ -174,12 +179,12 @@ class LiveLane:
             self._fallback_tasks[key] = spec
         return self.route(spec, row, "fallback_model")
 
-    def _plan(self, task: TaskSpec, row: Mapping[str, Any], start: float
-              ) -> Generator[Any, Any, policy.Decision]:
+    def _plan(self, task: TaskSpec, row: Mapping[str, Any], start: float,
+              budget_stop: str | None) -> Generator[Any, Any, policy.Decision]:
         return policy.run(task, self.route(task, row, "live"),
                           lambda step: self._fallback_route(task, row, step),
                           cache_enabled=task.cache.enabled, clock=time.monotonic,
-                          now_epoch=time.time, start=start)
+                          now_epoch=time.time, start=start, budget_stop=budget_stop)
 
     # --- the sync and async drivers ---------------------------------------------------
 
@@ -188,7 +193,7 @@ class LiveLane:
         """Answer one row of a task now (see the module docstring)."""
         task = self.task(task_name)
         start = time.monotonic()  # the budget's clock (after a first call's client build)
-        steps = self._plan(task, row, start)
+        steps = self._plan(task, row, start, self.budgets.stop_reason(task))
         result: Any = None
         try:
             while True:
@@ -208,14 +213,16 @@ class LiveLane:
                     result = self._defer(task, row)
         except StopIteration as done:
             decision: policy.Decision = done.value
-        return self._finish(task, decision, context, start)
+        return self._finish(task, decision, context, start, row)
 
     async def acall(self, task_name: str, row: Mapping[str, Any], *,
                     context: Mapping[str, Any] | None = None) -> LiveResult:
         """`call` for an event loop: async SDK clients, the ledger in a worker thread."""
         task = self.task(task_name)
         start = time.monotonic()
-        steps = self._plan(task, row, start)
+        if self.budgets.unread(task):  # a budgeted task's first read, off the event loop
+            await asyncio.to_thread(self.budgets.refresh, task)
+        steps = self._plan(task, row, start, self.budgets.stop_reason(task))
         result: Any = None
         try:
             while True:
@@ -235,7 +242,7 @@ class LiveLane:
                     result = await asyncio.to_thread(self._defer, task, row)
         except StopIteration as done:
             decision: policy.Decision = done.value
-        return await asyncio.to_thread(self._finish, task, decision, context, start)
+        return await asyncio.to_thread(self._finish, task, decision, context, start, row)
 
     def _limits(self, route: policy.Route) -> Any:
         found = self._model_limits.get(route.limit_key)
@@ -299,7 +306,8 @@ class LiveLane:
     # --- the record -------------------------------------------------------------------
 
     def _finish(self, task: TaskSpec, decision: policy.Decision,
-                context: Mapping[str, Any] | None, start: float) -> LiveResult:
+                context: Mapping[str, Any] | None, start: float,
+                request_row: Mapping[str, Any]) -> LiveResult:
         latency_ms = (time.monotonic() - start) * 1000
         route = decision.route
         usage_row = dict.fromkeys(USAGE_COLUMNS, 0)
@@ -340,8 +348,12 @@ class LiveLane:
                "fallback_reason": decision.fallback_reason,
                "attempts": decision.attempts, "latency_ms": latency_ms, **usage_row,
                "cost_picodollars": cost, "cached_from": cached_from,
-               "queue_item_id": item_id, "created_at": time.time()}
+               "queue_item_id": item_id, "created_at": time.time(),
+               # The input row, so `lanewise whatif --sample` can send it again.
+               "request_row": json.dumps(dict(request_row), ensure_ascii=False,
+                                         default=str)}
         call_id = self.recorder.write(row, answer)
+        self.budgets.add(task, cost)  # after the write: a read meanwhile counts it twice
         if status == "failed" and decision.error is not None and not isinstance(
                 decision.error, ProviderError):
             # Not a provider's failure (an unpriceable usage, a bug): recorded, then

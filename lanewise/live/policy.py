@@ -20,6 +20,12 @@ For one call, with a budget of B ms starting at t0:
    task's own request); `defer` (enqueued; the caller gets a handle).
 
 Each model path that gives up adds a line to the reason the ledger records.
+
+A task whose daily or monthly budget is spent (`budget_stop`, the reason, from
+`lanewise.budgets.LiveBudgets`) pays for nothing: step 1 still answers from the cache,
+no model is called in step 2 or 3 (neither the task's own nor a model fallback), and
+the cache and defer fallbacks apply in the catalog's order; the reason opens the
+recorded fallback reason, and with none of them answering the call fails with it.
 """
 
 from __future__ import annotations
@@ -204,8 +210,9 @@ def model_path(route: Route, give_up: float, max_attempts: int, clock: Callable[
 
 def run(task: TaskSpec, primary: Route, render: Callable[[FallbackSpec], Route], *,
         cache_enabled: bool, clock: Callable[[], float], now_epoch: Callable[[], float],
-        start: float) -> Generator[Any, Any, Decision]:
-    """The whole policy for one call (see the module docstring)."""
+        start: float, budget_stop: str | None = None) -> Generator[Any, Any, Decision]:
+    """The whole policy for one call (see the module docstring); `budget_stop`: why no
+    model may be paid now, None when one may."""
     live = task.live
     if cache_enabled:
         hit = yield LookupCache(primary.content_hash)
@@ -218,8 +225,12 @@ def run(task: TaskSpec, primary: Route, render: Callable[[FallbackSpec], Route],
         start, live.latency_budget_ms / 1000, live.primary_share, len(model_steps), tail),
         strict=True))
     decision = Decision("none", primary)
+    if budget_stop is not None:
+        decision.reasons.append(budget_stop)
     for index, step in enumerate(steps):
         if step is None or step.kind == "model":
+            if budget_stop is not None:
+                continue  # the budget is spent: no model is paid, fallbacks' neither
             try:
                 route = primary if step is None else render(step)
             except InputError as exc:  # the row does not fit that model (too long, ...)
