@@ -139,7 +139,8 @@ def test_prefect_yaml_deploys_the_flows_with_valid_parameters():
     deployments = {d["name"]: d for d in config["deployments"]}
     assert set(deployments) == {"nightly-ticket-tagging", "nightly-ticket-summary",
                                 "weekly-digest", "backfill", "daily-reconcile",
-                                "drain-queue", "live-on-demand", "support-day"}
+                                "drain-queue", "live-on-demand", "support-day",
+                                "routing-audit"}
     by_flow = {"flows/batch.py:nightly_batch": "nightly-batch",
                "flows/batch.py:backfill": "backfill",
                "flows/digest.py:weekly_digest": "weekly-digest"}
