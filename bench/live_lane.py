@@ -31,7 +31,8 @@ the end), three measurements, each printed next to its baseline from the same in
    Every row's text is unique, so the result cache answers none of them.
 
 Prints the load average before and after each part (the machine is shared), and all
-figures as one JSON object at the end.
+figures as one JSON object at the end. Every part uses the project's catalog without
+its budgets (bench/bench_catalog.py says why).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from bench_catalog import use_catalog, write_budget_free_catalog  # noqa: E402
 from live_call_overhead import measure  # noqa: E402 - after the path is set
 
 ZERO_DELAY = {"LANEWISE_EMULATOR_BATCH_SECONDS": "0",
@@ -107,7 +109,8 @@ def live_row(spec: Any, i: int) -> dict[str, Any]:
 class Service:
     """`lanewise serve` as a real uvicorn process on a free port, with its own home."""
 
-    def __init__(self, folder: Path, emulator_url: str, provider: str, clients: int) -> None:
+    def __init__(self, folder: Path, emulator_url: str, provider: str, clients: int,
+                 catalog: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_hex(16)
@@ -115,7 +118,7 @@ class Service:
         home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LANEWISE_")}
         env.update(LANEWISE_HOME=str(home), LANEWISE_EMULATOR_URL=emulator_url,
-                   LANEWISE_SERVICE_TOKEN=self.token,
+                   LANEWISE_SERVICE_TOKEN=self.token, LANEWISE_CATALOG_PATH=str(catalog),
                    **{f"LANEWISE_{provider.upper()}_MAX_CONCURRENCY": str(clients)})
         self.log = (folder / "service.log").open("wb")
         self.process = subprocess.Popen(
@@ -351,6 +354,8 @@ def main() -> None:
     figures: dict[str, Any] = {"load_at_start": load(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="lanewise-live-lane-bench-") as name:
         folder = Path(name)
+        # Thousands of calls and rows: the tasks' budgets would defer or refuse them.
+        catalog = use_catalog(write_budget_free_catalog(folder))
         state_dir = folder / "emulator"
         url = shared_emulator_url(state_dir)
         say(f"emulator process at {url}")
@@ -368,7 +373,7 @@ def main() -> None:
                 from lanewise.catalog import load_catalog
 
                 provider = load_catalog().get(args.task).provider
-                service = Service(folder, url, provider, args.clients)
+                service = Service(folder, url, provider, args.clients, catalog)
                 say(f"service at {service.url}; throughput with {args.clients} clients")
                 try:
                     figures["service_throughput"] = asyncio.run(throughput(

@@ -14,9 +14,10 @@ real subprocess over the same clean tickets (`lanewise.sampledata`, seed 1):
 - lanewise: `lanewise run ticket-tagging --input F --all-rows --run-key K`, with a fresh
   ledger and storage root per run (`LANEWISE_DATABASE_URL`, `LANEWISE_STORAGE_ROOT`: no
   result-cache hits) under one `LANEWISE_HOME` per invocation (where lanewise keeps its
-  temporary Prefect server's database, migrated once, as on a user's machine), and
+  temporary Prefect server's database, migrated once, as on a user's machine),
   `LANEWISE_EMULATOR_URL` pointing at the bench's emulator (no background emulator, no
-  API key).
+  API key), and `LANEWISE_CATALOG_PATH` at a copy of the project's catalog with every
+  task's result cache off and budget removed (bench/bench_catalog.py says why).
 
 Passes:
 
@@ -73,6 +74,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
+
+from bench_catalog import write_budget_free_catalog  # noqa: E402 - after the path is set
 
 TASK = "ticket-tagging"
 SAMPLE_SECONDS = 0.05
@@ -390,6 +393,10 @@ class Bench:
         self.emulator = emulator
         self.keep_runs = keep_runs
         self.prefect_home = workdir / "prefect-home"  # lanewise's temporary servers' db
+        # The same work as plain: no result cache (the sample tickets repeat texts, and
+        # the ledger is kept across a pass's runs), and no budget refusing the run.
+        # Written afresh: a --workdir kept from an older invocation may hold a stale one.
+        self.catalog = write_budget_free_catalog(workdir, result_cache=False)
 
     def run_dir(self, label: str) -> Path:
         path = self.workdir / "runs" / label
@@ -418,9 +425,7 @@ class Bench:
         home = self.workdir / "lanewise-home"
         storage = run_dir / "storage"
         env = {**clean_env(), "LANEWISE_HOME": str(home),
-               # The same work as plain: no result cache (the sample tickets repeat texts,
-               # and the ledger is kept across a pass's runs).
-               "LANEWISE_CATALOG_PATH": str(self.catalog_without_cache()),
+               "LANEWISE_CATALOG_PATH": str(self.catalog),
                # One ledger per pass, as one deployment keeps across nights: the untimed
                # warm-up run is its "last night" (what lanewise learned from it, such as
                # how long batches take, applies to the timed runs).
@@ -451,18 +456,6 @@ class Bench:
         self.check_results(label, found[0], "input_key", rows)
         self.done(run_dir)
         return result
-
-    def catalog_without_cache(self) -> Path:
-        """The project's catalog with every task's result cache off."""
-        path = self.workdir / "catalog-no-cache.yaml"
-        if not path.exists():
-            import yaml
-
-            catalog = yaml.safe_load((ROOT / "data" / "catalog.yaml").read_text())
-            for spec in catalog["tasks"].values():
-                spec["cache"] = {"enabled": False}
-            path.write_text(yaml.safe_dump(catalog, sort_keys=False))
-        return path
 
     @staticmethod
     def check_results(label: str, path: Path, key: str, rows: int) -> None:
