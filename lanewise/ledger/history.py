@@ -169,7 +169,11 @@ class HistoryRecords:
                  .select_from(items.join(runs, runs.c.id == items.c.run_id)
                               .outerjoin(shards, shards.c.id == items.c.shard_id))
                  .where(runs.c.task == task, items.c.status.in_(BILLED_STATES),
-                        stamp >= since))
+                        stamp >= since,
+                        # Only runs that may hold such items (a run's batches end before
+                        # it finishes): the items read are those runs', by the
+                        # (run_id, status) index, not the task's whole history.
+                        sa.or_(runs.c.finished_at.is_(None), runs.c.finished_at >= since)))
         live = (sa.select(sa.func.coalesce(sa.func.sum(live_calls.c.cost_picodollars), 0))
                 .where(live_calls.c.task == task, live_calls.c.created_at >= since))
         if until is not None:
