@@ -399,3 +399,12 @@ for _command in (cli_queue.enqueue, cli_queue.result, cli_queue.queue_counts):
 from lanewise import cli_serve  # noqa: E402 - registered after the group is defined
 
 cli.add_command(cli_serve.serve)
+
+# `lanewise whatif` (a move tried before it is made): lanewise/cli_whatif.py; `lanewise
+# sample-month` (a month of sample traffic for the audit): lanewise/cli_sample.py.
+# `lanewise audit` (the routing review): lanewise/cli_audit.py.
+from lanewise import cli_audit, cli_sample, cli_whatif  # noqa: E402 - registered after the group
+
+cli.add_command(cli_audit.audit)
+cli.add_command(cli_whatif.whatif)
+cli.add_command(cli_sample.sample_month)

@@ -34,7 +34,8 @@ def test_catalog_ships_the_tasks(catalog):
     tagging = catalog.get("ticket-tagging")
     assert tagging.output.type == "json" and "topic" in tagging.output.fields()
     assert catalog.get("ticket-summary").output.type == "text"
-    with pytest.raises(ConfigurationError, match="known: reply-draft"):
+    with pytest.raises(ConfigurationError,
+                       match="known: escalation-summary, faq-candidates, reply-draft"):
         catalog.get("nope")
 
 

@@ -59,7 +59,7 @@ def test_the_deployment_is_on_demand_with_valid_parameters():
     schema = parameter_schema(live_on_demand).model_dump_for_openapi()
     validate(deployment["parameters"], schema, raise_on_error=True, ignore_required=True)
     fields = schema["definitions"]["LiveParams"]["properties"]
-    assert fields["task"]["enum"] == ["reply-draft"]
+    assert fields["task"]["enum"] == ["escalation-summary", "faq-candidates", "reply-draft"]
     assert all(field.get("description") for field in fields.values())
 
 

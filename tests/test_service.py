@@ -39,7 +39,8 @@ from tests.live_helpers import (
 
 TOKEN = "svc-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-KNOWN = ["reply-draft", "ticket-summary", "ticket-tagging", "weekly-digest"]
+KNOWN = ["escalation-summary", "faq-candidates", "reply-draft", "ticket-summary",
+         "ticket-tagging", "urgent-triage", "weekly-digest"]
 
 
 @pytest.fixture()
