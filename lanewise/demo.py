@@ -1,7 +1,12 @@
-"""The README's main job: one support-team day on both lanes.
+"""The README's main job: a month of a support team's AI traffic, one day of it on both
+lanes in full, and the routing review of the month.
 
 Starts the emulator in-process before any flow (no API key), then:
 
+0. **The month behind**: the sample team's last 30 days (lanewise/traffic: live reply
+   drafts in working hours, nightly tagging, summaries and triage, a weekly digest, one
+   task misrouted each way, one duplicated across two lanes, one volume spike) replayed
+   through both lanes with time compressed (idempotent: a second demo adds nothing);
 1. **Day, live lane**: reply drafts for a handful of fresh tickets, each one plain
    `lanewise.live.call` (retries, latency budget, fallbacks; recorded in `live_calls`),
    with latency p50/p95 and their cost;
@@ -11,18 +16,21 @@ Starts the emulator in-process before any flow (no API key), then:
    the nightly batch flow runs both tasks over the sample tickets (PREFECT_API_URL, or
    a temporary local server bound to this process, started while the live calls run);
 
-and ends with one table, what the day cost with lanewise against the same work all-live,
-and the check that the ledger's total equals what the emulator billed, lane by lane.
+then one table, what the day cost with lanewise against the same work all-live, and the
+check that the ledger's total equals what the emulator billed, lane by lane (the month's
+replay included); and ends with `lanewise audit`'s table of the month.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich import box
@@ -41,6 +49,10 @@ if TYPE_CHECKING:
     from lanewise.live import LiveResult
 
 DEMO_TASKS = ("ticket-tagging", "ticket-summary")
+#: The month behind the day: its length and how busy the team is (None: the sample
+#: team's usual volume, lanewise.traffic.month.Volume).
+MONTH_DAYS = 30
+MONTH_VOLUME = None
 LIVE_TASK = "reply-draft"
 #: The emulator's timing in the demo (lanewise.emulator.Timing fields).
 DEMO_TIMING = {"batch_seconds": 2.0, "validating_seconds": 0.2, "finalizing_seconds": 0.3}
@@ -62,6 +74,8 @@ class DemoReport:
     """What the demo's day did and what it cost, from the ledger and the emulator."""
 
     live: list[LiveResult]
+    #: what the month's replay paid now, by lane (nothing when it was already there)
+    month: dict[str, Decimal] = field(default_factory=dict)
     deferred: list[RunSummary] = field(default_factory=list)
     nightly: list[RunSummary] = field(default_factory=list)
     #: lane -> (lanewise cost, the same work all-live), from the ledger
@@ -87,6 +101,45 @@ def _configure(emulator_url: str) -> None:
     from lanewise.batch.prefect_tasks import context_for
 
     context_for.cache_clear()
+
+
+@contextmanager
+def own_emulator(timing: dict[str, float]) -> Iterator[str]:
+    """An emulator process of the demo's own (a fresh billing record), stopped at the end.
+
+    A process rather than a thread of this one: the month's replay keeps both busy, and
+    two processes use two cores where one would share its interpreter lock.
+    """
+    import signal
+    import tempfile
+
+    import httpx
+
+    from lanewise.emulator.background import shared_emulator_url
+    from lanewise.emulator.folder import read_server_info
+
+    with tempfile.TemporaryDirectory(prefix="lanewise-demo-emulator-") as folder:
+        url = shared_emulator_url(Path(folder))
+        pid = (read_server_info(Path(folder)) or {}).get("pid")
+        try:
+            httpx.patch(f"{url}/_emulator/timing", json=timing, timeout=10).raise_for_status()
+            yield url
+        finally:
+            if isinstance(pid, int):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                _wait_gone(pid)
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process `pid` has exited (it removes nothing we still need)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def fresh_tickets(stamp: str) -> list[dict[str, Any]]:
@@ -204,6 +257,19 @@ def day_table(report: DemoReport) -> Table:
     return table
 
 
+def print_audit(console: Console) -> None:
+    """The routing review of the month behind (what `lanewise audit` prints)."""
+    from lanewise.audit import run_audit
+    from lanewise.audit.render import audit_table
+
+    console.print()
+    console.print(audit_table(run_audit()))
+    console.print("The month's routing review (`lanewise audit`; --csv for the one-page "
+                  "spreadsheet). docs/routing.md explains each figure and flag. Try a move "
+                  "before making it: `lanewise whatif faq-candidates --lane batch --sample "
+                  "20`.")
+
+
 def run_demo(console: Console, input_url: str | None = None) -> DemoReport:
     """Run the demo day (live drafts, deferred work drained at night, the nightly batch
     runs) and print what it cost against all-live, and the ledger against the bill."""
@@ -215,16 +281,19 @@ def run_demo(console: Console, input_url: str | None = None) -> DemoReport:
         early = stack.enter_context(early_temporary_server(get_settings().home))
         import httpx
 
-        from lanewise.emulator import EmulatorConfig, Timing, running_emulator
         from lanewise.live import close_lanes
 
-        emu = stack.enter_context(running_emulator(
-            EmulatorConfig(timing=Timing(**DEMO_TIMING))))
-        _configure(emu.url)
+        emulator_url = stack.enter_context(own_emulator(DEMO_TIMING))
+        _configure(emulator_url)
         stack.callback(close_lanes)
-        console.print(f"emulator on {emu.url}; ledger {get_settings().resolved_database_url}")
+        console.print(f"emulator on {emulator_url}; ledger "
+                      f"{get_settings().resolved_database_url}")
+        from lanewise.cli_sample import describe, replay_with_progress
+
+        replayed = replay_with_progress(console, MONTH_DAYS, volume=MONTH_VOLUME)
+        describe(console, replayed, MONTH_DAYS)
         tickets = fresh_tickets(stamp)
-        report = DemoReport(live=live_day(console, tickets))
+        report = DemoReport(live=live_day(console, tickets), month=replayed.cost_usd)
         defer_day(console, tickets)
         from flows.batch import nightly_batch
         from flows.drain import drain_queue
@@ -274,7 +343,8 @@ def run_demo(console: Console, input_url: str | None = None) -> DemoReport:
                       "result cache answered included (at what their first answer cost live)")
         ours = list(report.costs.values())
         for lane, ledger_cost in (("live", ours[0][0]), ("batch", ours[1][0] + ours[2][0])):
-            billed = httpx.get(f"{emu.url}/_emulator/billing", params={"lane": lane}).json()
+            ledger_cost += report.month.get(lane, Decimal(0))
+            billed = httpx.get(f"{emulator_url}/_emulator/billing", params={"lane": lane}).json()
             report.bills[lane] = (ledger_cost, Decimal(billed["total"]["cost_usd"]))
         total_ledger = sum((pair[0] for pair in report.bills.values()), Decimal(0))
         total_billed = sum((pair[1] for pair in report.bills.values()), Decimal(0))
@@ -283,6 +353,7 @@ def run_demo(console: Console, input_url: str | None = None) -> DemoReport:
         verdict = "[green]equal[/]" if report.ledger_equals_bill else "[bold red]DIFFERENT[/]"
         console.print(f"ledger total {usd(total_ledger)}; the emulator billed "
                       f"{usd(total_billed)} ({per_lane}): {verdict}")
+        print_audit(console)
     if not report.ledger_equals_bill:
         from lanewise.errors import ReconciliationError
 

@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from lanewise.settings import get_settings
+from lanewise.traffic.month import Volume
 from tests.lane_helpers import sample_input
 
 
@@ -27,6 +28,10 @@ def demo_env(tmp_path, monkeypatch, prefect_harness):
     monkeypatch.delenv("LANEWISE_REDIS_URL", raising=False)
     monkeypatch.setattr(demo, "DEMO_TIMING", {"batch_seconds": 0.3, "validating_seconds": 0.05,
                                               "finalizing_seconds": 0.05})
+    # A short, quiet month behind the day (the full one is `./dev demo`'s).
+    monkeypatch.setattr(demo, "MONTH_DAYS", 8)
+    monkeypatch.setattr(demo, "MONTH_VOLUME", Volume(per_weekday=6, per_weekend_day=3,
+                                                     spike_days_before_end=2, spike_factor=4))
     get_settings.cache_clear()
     context_for.cache_clear()
     yield
@@ -66,13 +71,23 @@ def test_the_demo_day_runs_both_lanes_and_its_ledger_equals_the_bill(demo_env, t
     assert "The day: lanewise against the same work all-live" in text
     # Across both lanes, the ledger is what the emulator billed, lane by lane.
     assert report.ledger_equals_bill
-    assert report.bills["live"][0] == live[0] and report.bills["live"][1] > 0
-    assert report.bills["batch"][0] == deferred[0] + nightly[0]
+    assert report.bills["live"][0] == live[0] + report.month["live"]
+    assert report.bills["live"][1] > 0
+    assert report.bills["batch"][0] == deferred[0] + nightly[0] + report.month["batch"]
     assert "): equal" in text
+    # The month behind the day, replayed (its cost is in the ledger-equals-bill check
+    # above), and the review of it that the demo ends with.
+    assert report.month["live"] > 0 and report.month["batch"] > 0
+    assert "The sample month (8 days, time compressed)" in text
+    assert "Routing audit" in text and "faq-candidates" in text
+    for flag in ("rush-price", "waited-in-batch", "stale-catalog"):
+        assert flag in text
 
     # A second day over the same input: the night's rows come from the result cache,
-    # paid nothing, and all-live still counts them; the bill still matches.
+    # paid nothing, and all-live still counts them; the bill still matches. The month
+    # is in the ledger already: nothing of it is replayed or paid again.
     again, text = _run(tickets)
+    assert again.month == {"live": Decimal(0), "batch": Decimal(0)}
     assert [s.cached for s in again.nightly] == [s.succeeded for s in report.nightly]
     assert list(again.costs.values())[2] == (Decimal(0), nightly[1])
     assert {r.answered_by for r in again.live} == {"live"}  # new tickets: no cache hit
