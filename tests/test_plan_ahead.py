@@ -29,7 +29,12 @@ def test_a_head_start_plans_once_and_the_runner_keeps_its_lease(emulator, tmp_pa
     plan_ahead.PlanAhead._plan = counting_plan
     try:
         with PlanAhead(ctx, "tagging:ahead", input_url, None) as ahead:
-            ahead.result.result(timeout=60)
+            run_id = ahead.result.result(timeout=60)
+            # The head start sent the first wave already (under its lease): the provider
+            # works while Prefect starts.
+            first_wave = [s for s in ctx.ledger.shards(run_id) if s["status"] != "planned"]
+            assert first_wave and all(s["provider_batch_id"] for s in first_wave)
+            assert batches_created(emulator) - created_before == len(first_wave)
             # While the head start holds the lease, nobody else may drive the key.
             with pytest.raises(RunBusyError):
                 RunLease(ctx.ledger, "tagging:ahead", ttl=30).acquire()
@@ -42,7 +47,10 @@ def test_a_head_start_plans_once_and_the_runner_keeps_its_lease(emulator, tmp_pa
     # flow run's Prefect logs) when the plan step took the result.
     assert any("shard(s) planned" in msg for _, msg, _ in ahead.held_log.records)
     check_run(ctx, emulator, summary)
+    # The runner awaited the head start's batches as a resumed run's: none made twice.
     assert batches_created(emulator) - created_before == len(summary.batch_ids)
+    assert {s["provider_batch_id"] for s in first_wave} <= set(summary.batch_ids)
+    assert any("created batch" in msg for _, msg, _ in ahead.held_log.records)
     # The runner released the lease it was handed: another driver may take the key now.
     RunLease(ctx.ledger, "tagging:ahead", ttl=30).acquire().release()
 
@@ -88,3 +96,28 @@ def test_a_second_process_is_refused_before_its_head_start_plans(emulator, tmp_p
         with pytest.raises(RunBusyError):
             PlanAhead(ctx, "tagging:taken", sample_input(tmp_path), None).start()
     assert ctx.ledger.run_by_key("tagging:taken") is None
+
+
+def test_a_head_start_over_budget_sends_nothing_and_the_runner_refuses(emulator, tmp_path):
+    from lanewise.errors import BudgetExceededError
+    from lanewise.settings import Settings
+    from tests.test_budgets import catalog_with
+
+    catalog = catalog_with(tmp_path, "tiny.yaml",
+                           {"ticket-tagging": {"budget": {"run_ceiling_usd": "0.000001"}}})
+    settings = Settings(home=tmp_path / "home", emulator_url=emulator.url,
+                        catalog_path=catalog, poll_initial_seconds=0.05)
+    from lanewise.batch.context import LaneContext
+    from lanewise.ledger import Ledger
+
+    ctx = LaneContext.build("ticket-tagging", settings,
+                            ledger=Ledger(settings.resolved_database_url))
+    input_url = sample_input(tmp_path)
+    created_before = batches_created(emulator)
+    with PlanAhead(ctx, "tagging:over", input_url, None) as ahead:
+        run_id = ahead.result.result(timeout=60)
+        assert all(s["status"] == "planned" for s in ctx.ledger.shards(run_id))
+        with pytest.raises(BudgetExceededError, match="per-run ceiling"):
+            run_batch_lane(ctx, "tagging:over", input_url)
+    assert batches_created(emulator) == created_before  # nothing reached the provider
+    assert any("sent no more batches" in msg for _, msg, _ in ahead.held_log.records)

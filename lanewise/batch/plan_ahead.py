@@ -7,6 +7,16 @@ meanwhile; the flow's plan step then finds the plan done (or its error) instead 
 doing it again, and the runner keeps the same lease, so no other process can slip in
 between the head start and the flow.
 
+Once planned, the head start also sends the first wave: the run passes its budget
+check (`lanewise.budgets.check_run`, as the runner would) and the shards that fit the
+enqueued-token budget together are submitted by the batch lane's own step
+(`steps.submit_shard`: intent, create, record, under this lease), so the provider works
+while the server starts. The flow's runner then finds those shards submitted, as a
+resumed run's, and awaits and collects them; their submits have no Prefect task run of
+their own, but their log records ("created batch ...") are replayed into the flow run's
+logs. Anything that stops the wave (a refused budget, an account out of credit) leaves
+the shards as the runner expects them, and the runner meets the same stop in the flow.
+
 Everything stays in this process: the registry is per process and per run key, and a
 head start nobody claims is released by `PlanAhead.close`.
 """
@@ -59,10 +69,37 @@ class PlanAhead:
         from lanewise.batch.planning import plan_run_now
 
         try:
-            self.result.set_result(plan_run_now(self._ctx, self.run_key, self.input_url,
-                                                self.window))
+            run_id = plan_run_now(self._ctx, self.run_key, self.input_url, self.window)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims the plan
             self.result.set_exception(exc)
+            return
+        try:
+            self._send_first_wave(run_id)
+        finally:
+            self.result.set_result(run_id)  # the flow waits on it, whatever the wave did
+
+    def _send_first_wave(self, run_id: int) -> None:
+        """Submit the planned shards that fit the enqueued-token budget together (at
+        least the first), once the run passes its budget check; a stop is logged and
+        left to the runner, which meets it again in the flow."""
+        from lanewise.batch.steps import submit_shard
+        from lanewise.budgets import check_run
+
+        ctx = dataclasses.replace(self._ctx, lease=self.lease)
+        try:
+            check_run(ctx, run_id)
+            budget, in_flight = ctx.token_budget, 0
+            for shard in ctx.ledger.shards(run_id):
+                if shard["status"] != "planned":
+                    continue
+                if budget is not None and in_flight and \
+                        in_flight + shard["estimated_tokens"] > budget:
+                    break  # the rest waits for room: the runner's pipeline sends it
+                submit_shard(ctx, shard["id"])
+                in_flight += shard["estimated_tokens"]
+        except Exception as exc:  # noqa: BLE001 - the runner meets it again, in the flow
+            self.held_log.info("the head start sent no more batches (%s); the run goes "
+                               "on in its flow", exc)
 
     def close(self) -> None:
         """Release the lease unless the runner took it over; wait for the thread, so
