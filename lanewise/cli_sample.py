@@ -29,8 +29,8 @@ def replay_with_progress(out: Console, days: int, end: Any = None, seed: int = 7
     month = month_days(end, days, seed, volume)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=out, transient=True) as progress:
-        bar = progress.add_task(f"sample month {month[0].day}..{month[-1].day}",
-                                total=len(month))
+        bar = progress.add_task(f"sample month {month[1].day}..{month[-1].day}",
+                                total=days)
 
         def on_day(what: str, done: int, total: int) -> None:
             progress.update(bar, completed=done, total=total, description=what)

@@ -31,7 +31,7 @@ def demo_env(tmp_path, monkeypatch, prefect_harness):
     # A short, quiet month behind the day (the full one is `./dev demo`'s).
     monkeypatch.setattr(demo, "MONTH_DAYS", 8)
     monkeypatch.setattr(demo, "MONTH_VOLUME", Volume(per_weekday=6, per_weekend_day=3,
-                                                     spike_days_before_end=2, spike_factor=4))
+                                                     spike_every_days=8, spike_factor=4))
     get_settings.cache_clear()
     context_for.cache_clear()
     yield

@@ -16,33 +16,40 @@ import sqlalchemy as sa
 from lanewise.traffic.month import NIGHTLY_TASKS, Volume, month_days
 
 END = date(2026, 11, 23)  # a Monday: the 8-day month below ends on its digest's day
-SMALL = Volume(per_weekday=8, per_weekend_day=4, spike_days_before_end=3, spike_factor=30)
+SMALL = Volume(per_weekday=8, per_weekend_day=4, spike_every_days=8, spike_factor=30)
 
 
 def test_the_month_has_the_shape_it_promises():
     month = month_days(END, 30)
-    assert [d.day for d in month] == [END - timedelta(days=29 - n) for n in range(30)]
+    prelude, days = month[0], month[1:]
+    assert prelude.prelude and not prelude.live and not prelude.runs and prelude.tickets
+    assert [d.day for d in days] == [END - timedelta(days=29 - n) for n in range(30)]
     assert month_days(END, 30) == month  # deterministic
-    counts = [len(d.tickets) for d in month]
-    spike = END - timedelta(days=11)
-    assert len(next(d for d in month if d.day == spike).tickets) >= 4 * statistics.median(counts)
-    events = [e for d in month for e in d.live]
+    # A date's traffic is the date's alone: a month ending elsewhere agrees on shared days.
+    shifted = {d.day: d for d in month_days(END + timedelta(days=3), 30)}
+    assert all(shifted[d.day].tickets == d.tickets and shifted[d.day].live == d.live
+               for d in days[3:])
+    counts = [len(d.tickets) for d in days]
+    spikes = [d for d in days if Volume().is_spike(d.day, 7)]
+    assert len(spikes) == 1 and len(spikes[0].tickets) >= 4 * statistics.median(counts)
+    events = [e for d in days for e in d.live]
     drafts = [e for e in events if e.task == "reply-draft"]
     # A person waits: agents draft in working hours on weekdays only.
     assert drafts and all(e.at.weekday() < 5 and 9 <= e.at.hour < 17 + 1 for e in drafts)
     # Every ticket's FAQ check, live, as it arrives; some tickets escalated.
     assert sum(e.task == "faq-candidates" for e in events) == sum(counts)
     assert 0 < sum(e.task == "escalation-summary" for e in events) < sum(counts) / 5
-    # Each day's tickets go to the next night's runs; digests on Mondays, full weeks.
+    # Each day's tickets go to the next night's runs (the prelude's to the first
+    # night): every day of the month has its three; digests on Mondays, full weeks.
     runs = [r for d in month for r in d.runs]
     nightly = [r for r in runs if r.task in NIGHTLY_TASKS]
-    assert len(nightly) == 3 * 29
+    assert len(nightly) == 3 * 30
     assert all(r.at.date() == r.first_day + timedelta(days=1) and r.at.hour == 2
                for r in nightly)
     digests = [r for r in runs if r.task == "weekly-digest"]
     assert digests and all(r.at.weekday() == 0 and r.first_day.weekday() == 0
                            and r.last_day - r.first_day == timedelta(days=6)
-                           and r.first_day >= month[0].day for r in digests)
+                           and r.first_day >= days[0].day for r in digests)
     assert len({r.run_key for r in runs}) == len(runs)
 
 
@@ -118,7 +125,7 @@ def test_the_replay_dates_every_record_in_the_month_and_pays_once(month_env, emu
     # The audit of the month finds what the month was built with, for its reasons.
     found = build_audit(ledger, load_catalog(settings.catalog_path),
                         load_price_table(settings.prices_path),
-                        window_for(END, since=month[0].day, days=8),
+                        window_for(END, since=month[1].day, days=8),
                         datetime.now(UTC).date())
     flags = {(f.kind, tuple(sorted(f.tasks))) for f in found.flags}
     assert ("rush-price", ("faq-candidates",)) in flags
@@ -126,7 +133,7 @@ def test_the_replay_dates_every_record_in_the_month_and_pays_once(month_env, emu
     assert ("duplicate", ("escalation-summary", "ticket-summary")) in flags
     assert any(kind == "spike" for kind, _ in flags)
     assert ("stale-catalog", ("reply-draft",)) in flags
-    spike_day = END - timedelta(days=SMALL.spike_days_before_end)
+    spike_day = next(d.day for d in month[1:] if SMALL.is_spike(d.day, 7))
     assert any(str(spike_day) in f.sentence for f in found.flags if f.kind == "spike")
 
 

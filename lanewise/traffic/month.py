@@ -8,7 +8,7 @@ What the team's product does, and the four things the routing review should find
 * Tickets arrive all day, fewer at weekends (`Volume`).
 * **Live, a person waits:** agents open tickets in working hours (09:00-17:00 UTC, Monday
   to Friday) and ask for a `reply-draft`. Since the team added chat, agents draft far
-  more than the catalog's declared 15 a day: **the catalog is out of date**.
+  more than the catalog's declared 5 a day: **the catalog is out of date**.
 * **Batch, nobody waits:** every night at 02:00 UTC `ticket-tagging`, `ticket-summary`
   and `urgent-triage` run over the day's tickets; on Mondays at 03:00 the
   `weekly-digest` groups the last full week's summaries.
@@ -21,9 +21,15 @@ What the team's product does, and the four things the routing review should find
 * **Duplicated across two lanes:** the escalations team calls `escalation-summary` live
   when a ticket is escalated; its prompt and model are `ticket-summary`'s, so the same
   request is paid again at night (the audit finds it by the request's content hash).
-* **A volume spike:** one day (`Volume.spike_days_before_end` before `end`) a login
-  outage floods support with `Volume.spike_factor` times the usual tickets, and every
-  ticket task's spend jumps.
+* **A volume spike:** one day in 30 (`Volume.is_spike`) a login outage floods support
+  with `Volume.spike_factor` times the usual tickets, and every ticket task's spend
+  jumps.
+
+A date's tickets and live calls depend on the seed and the date alone, never on where
+the month starts or ends: a month replayed tomorrow overlaps today's replay with the
+same traffic, which the replay finds already recorded. The first night of the month
+carries the tickets of the day before it (the "prelude" day, whose live calls fall
+before the month), so every day of the month has its nightly runs.
 """
 
 from __future__ import annotations
@@ -43,10 +49,15 @@ class Volume:
 
     per_weekday: int = 45
     per_weekend_day: int = 20
-    #: The outage: this many days before the month's last day, this many times the
-    #: usual tickets.
-    spike_days_before_end: int = 11
+    #: The outage: one day in every `spike_every_days` (which one, by the date alone),
+    #: with `spike_factor` times the usual tickets.
+    spike_every_days: int = 30
     spike_factor: int = 5
+
+    def is_spike(self, day: date, seed: int) -> bool:
+        """Whether `day` is an outage day: by its date alone, so every month holding the
+        day agrees (once in any `spike_every_days` days in a row)."""
+        return (day.toordinal() + seed) % self.spike_every_days == 0
 
 #: Share of tickets arriving in working hours that an agent drafts a reply for, and
 #: how many drafts an agent asks per such ticket (a chat ticket gets several turns).
@@ -95,12 +106,14 @@ class NightlyRun:
 @dataclass
 class SampleDay:
     """Everything of one simulated day: its tickets, live calls and the runs that start
-    on it (the previous day's nightly runs, a digest on Mondays)."""
+    on it (the previous day's nightly runs, a digest on Mondays). The prelude day (the
+    day before the month) has only tickets: those of the month's first night."""
 
     day: date
     tickets: list[dict[str, Any]] = field(default_factory=list)
     live: list[LiveEvent] = field(default_factory=list)
     runs: list[NightlyRun] = field(default_factory=list)
+    prelude: bool = False
 
 
 def _at(day: date, hour: int, minute: int = 0, second: int = 0) -> datetime:
@@ -166,27 +179,29 @@ def _live_events(rng: random.Random, tickets: list[dict[str, Any]]) -> list[Live
     return sorted(events, key=lambda e: e.at)
 
 
+def sample_day(day: date, seed: int = 7, volume: Volume | None = None) -> SampleDay:
+    """One day's tickets and live calls, from the seed and the date alone."""
+    volume = volume or Volume()
+    tickets = _day_tickets(random.Random(f"{seed}:tickets:{day}"), day, volume,
+                           spike=volume.is_spike(day, seed))
+    return SampleDay(day, tickets, _live_events(random.Random(f"{seed}:live:{day}"), tickets))
+
+
 def month_days(end: date | None = None, days: int = 30, seed: int = 7,
                volume: Volume | None = None) -> list[SampleDay]:
-    """The month, day by day (see the module docstring)."""
-    volume = volume or Volume()
+    """The prelude day, then the month, day by day (see the module docstring)."""
     end = end or datetime.now(UTC).date() - timedelta(days=1)
     first = end - timedelta(days=days - 1)
-    rng = random.Random(f"{seed}:{first}:{days}")
-    spike_day = end - timedelta(days=volume.spike_days_before_end)
-    month = [SampleDay(first + timedelta(days=n)) for n in range(days)]
-    for sample in month:
-        sample.tickets = _day_tickets(rng, sample.day, volume,
-                                      spike=sample.day == spike_day)
-        sample.live = _live_events(rng, sample.tickets)
-    # A day's tickets go to the next night's runs; the last day's runs start after the
-    # month (tomorrow at 02:00), so they are not part of it.
-    by_day = {s.day: s for s in month}
-    for sample in month[:-1]:
-        night = by_day[sample.day + timedelta(days=1)]
-        night.runs += [NightlyRun(_at(night.day, NIGHTLY_AT.hour), task, sample.day,
-                                  sample.day) for task in NIGHTLY_TASKS]
-    for sample in month:
+    prelude = sample_day(first - timedelta(days=1), seed, volume)
+    prelude.live, prelude.prelude = [], True  # before the month: only its tickets count
+    month = [prelude] + [sample_day(first + timedelta(days=n), seed, volume)
+                         for n in range(days)]
+    # A day's tickets go to the next night's runs; the last day's go to tonight's,
+    # after the month.
+    for before, night in zip(month, month[1:], strict=False):
+        night.runs += [NightlyRun(_at(night.day, NIGHTLY_AT.hour), task, before.day,
+                                  before.day) for task in NIGHTLY_TASKS]
+    for sample in month[1:]:
         week_start = sample.day - timedelta(days=7)
         if sample.day.weekday() == 0 and week_start >= first:
             sample.runs.append(NightlyRun(_at(sample.day, DIGEST_AT.hour), "weekly-digest",

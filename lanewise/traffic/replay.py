@@ -149,7 +149,8 @@ class MonthReplay:
         pending: list[Future[None]] = []
         try:
             with ThreadPoolExecutor(RUN_CONCURRENCY) as runs_pool:
-                for number, sample in enumerate(month, start=1):
+                days = [sample for sample in month if not sample.prelude]
+                for sample in month:
                     self._live_day(sample)
                     for run in sample.runs:
                         if run.task == "weekly-digest":
@@ -158,7 +159,9 @@ class MonthReplay:
                             self._batch_run(run, tickets_url)
                         else:
                             pending.append(runs_pool.submit(self._batch_run, run, tickets_url))
-                    self.progress(f"sample month: {sample.day}", number, len(month))
+                    if not sample.prelude:
+                        self.progress(f"sample month: {sample.day}",
+                                      days.index(sample) + 1, len(days))
                 _settle(pending)
         finally:
             httpx.patch(f"{self.base_url}/_emulator/timing", json=before, timeout=10)
