@@ -220,7 +220,7 @@ def budgets_csv(budgets: list[BudgetStatus]) -> str:
 
 def budget_table(budgets: list[BudgetStatus], title: str) -> Table:
     """Each budgeted task: spent today against its daily budget, this month against its
-    monthly one, and its per-run ceiling; a budget spent shows in red."""
+    monthly one, and its per-run ceiling; a budget spent shows in red, marked "spent"."""
     table = Table(title=Text(title), title_justify="left", caption_justify="left",
                   caption=Text("both lanes together; a spent budget stops the task's live "
                                "calls from paying, and a batch run is refused when its "
@@ -233,7 +233,9 @@ def budget_table(budgets: list[BudgetStatus], title: str) -> Table:
         for spent, limit in ((status.spent_today_usd, status.daily_usd),
                              (status.spent_month_usd, status.monthly_usd)):
             spent_out = limit is not None and spent >= limit
-            cells += [Text(money(spent), style="bold red" if spent_out else ""),
+            # "spent" in words too: a pipe or a plain terminal shows no colour.
+            cells += [Text(money(spent) + (" spent" if spent_out else ""),
+                           style="bold red" if spent_out else ""),
                       Text("-" if limit is None else money(limit))]
         ceiling = "-" if status.run_ceiling_usd is None else money(status.run_ceiling_usd)
         table.add_row(Text(status.task), *cells, Text(ceiling))

@@ -75,8 +75,9 @@ _DATABASE_SETTINGS = {f"{prefix}_{key}" for prefix in ("PREFECT_SERVER_DATABASE"
                                                         "PREFECT_API_DATABASE")
                       for key in ("CONNECTION_URL", "DRIVER", "HOST", "PORT", "USER", "NAME",
                                   "PASSWORD")}
-_URL_HINT = ("run a Prefect server (`prefect server start`) and set "
-             "PREFECT_API_URL=http://127.0.0.1:4200/api")
+_URL_HINT = ("start the local stack (`./dev up`: a Prefect server, a worker and the "
+             "deployments; lanewise run then uses it), or run a Prefect server of your own "
+             "and set PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 # Run before exec in a fresh interpreter (not in a forked copy of a process that may
 # have threads): ask the kernel for SIGKILL when the parent dies, then become uvicorn.
