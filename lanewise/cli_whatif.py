@@ -26,7 +26,8 @@ MAX_SAMPLE = 1000
               help="The model to weigh, any in the price table (its provider is the table's) "
               "[default: the task's own].")
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Estimate from the task's traffic of the last DAYS days.")
+              help="Estimate from the task's traffic of the DAYS complete UTC days ending "
+              "yesterday: the window of `lanewise audit --days DAYS`.")
 @click.option("--sample", "sample_size", type=click.IntRange(1, MAX_SAMPLE), default=None,
               metavar="N",
               help="Also run the N most recent requests of the task through its current "
@@ -42,7 +43,12 @@ def whatif(task: str, lane: str, model: str | None, days: int, sample_size: int 
            emulator_url: str | None, real_providers: bool, as_json: bool) -> None:
     """What moving TASK to --lane (and --model) would change per month: cost and wait,
     from the task's recorded traffic (no calls made); with --sample N, tried for real on
-    N recent requests in a scratch ledger, against the emulator by default."""
+    N recent requests in a scratch ledger, against the emulator by default.
+
+    The window, the request count, the cost per month now and the waits are the
+    audit's for the same --days: `lanewise audit` shows the same figures for TASK.
+    Money in USD.
+    """
     from lanewise.catalog import load_catalog
     from lanewise.ledger import existing_ledger
     from lanewise.pricing import load_price_table
@@ -72,4 +78,4 @@ def whatif(task: str, lane: str, model: str | None, days: int, sample_size: int 
     if as_json:
         click.echo(json.dumps(report_json(proposal, figures, sample), indent=2))
         return
-    render(console, proposal, figures, sample, days)
+    render(console, proposal, figures, sample)

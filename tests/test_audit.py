@@ -42,10 +42,10 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from lanewise.audit import Audit, build_audit, window_for
-from lanewise.audit.measure import percentile
 from lanewise.audit.recommend import Recommendation, recommend
-from lanewise.audit.render import audit_table, to_csv, to_json, to_markdown
-from lanewise.audit.units import usd_text
+from lanewise.audit.render import audit_table, change, to_csv, to_json, to_markdown
+from lanewise.audit.units import duration, usd_text
+from lanewise.audit.waits import percentile
 from lanewise.catalog import Catalog, TaskSpec
 from lanewise.cli_audit import audit as audit_command
 from lanewise.errors import ConfigurationError
@@ -273,8 +273,17 @@ def test_the_window_is_stated_complete_days_ending_yesterday():
     assert window_for(TODAY, since=date(2026, 3, 4)).days == 7
     assert window_for(TODAY, since=date(2026, 2, 1), days=7).describe(TODAY) == \
         "2026-02-01 to 2026-02-07 (7 UTC days)"
+    assert window_for(TODAY, days=1).describe(TODAY) == "2026-03-09 to 2026-03-09 (1 UTC day)"
+    assert window_for(TODAY, since=TODAY).describe(TODAY) == \
+        "2026-03-10 to 2026-03-10 (1 UTC day, today included)"
     with pytest.raises(ConfigurationError, match="after today"):
         window_for(TODAY, since=date(2026, 3, 11))
+
+
+def test_waits_read_in_one_unit_each_without_false_precision():
+    shown = [duration(s) for s in (0.35, 0.9996, 2.94, 9.96, 85.04, 119.6, 360, 7140, 14400)]
+    assert shown == ["350 ms", "1.0 s", "2.9 s", "10 s", "85 s", "2 min", "6 min", "119 min",
+                     "4.0 h"]
 
 
 def test_percentiles_interpolate_between_ranks():
@@ -404,7 +413,12 @@ def test_each_flag_of_the_known_traffic(known):
                              "against batch")
     (waited,) = _flags(known, "waited-in-batch")
     assert waited.tasks == ("reply",) and waited.usd == usd("0.06")
-    assert "20% of its traffic (1 a day) ran in batch (p50 wait 4.0 h)" in waited.sentence
+    # The measured wait starts at the run (or the enqueue): the sentence says so.
+    assert waited.sentence == (
+        "a person waits for reply, but 20% of its traffic (1 a day) ran in batch (p50 "
+        "4.0 h from its run's start or enqueue, after any wait for the run itself: a "
+        "nightly run answers a morning request the next night): move it live "
+        "(+$0.0600/month)")
     (duplicate,) = _flags(known, "duplicate")
     # 5 requests, each paid $0.001 in batch and $0.00021 live: the extra answers are
     # everything paid minus each request's cheapest answer. The cache hit paid nothing
@@ -486,6 +500,20 @@ def test_table_csv_and_json_carry_the_same_numbers(ledger_url, tmp_path, monkeyp
             figure = Decimal(str(task[f"all_{other}_per_month_usd"]))
             assert f"all {other} {usd_text(figure)}" in table, task["task"]
     assert "cost_per_month_usd" in money_fields
+    # What moving to the advised lane changes per month: in every rendering, per task
+    # (null when there is nothing advised or it cannot be priced), adding up to the total.
+    changes = {t["task"]: t["change_per_month_usd"] for t in as_json["tasks"]}
+    assert changes == {"tagging": -0.001575, "summary": -0.3, "reply": 0.06, "triage": 0.0,
+                       "digest": 0.0, "legacy": None}
+    assert [r["change_per_month_usd"] for r in as_csv] == [
+        "-0.001575", "-0.300000", "0.060000", "0.000000", "0.000000", ""]
+    for task, figure in changes.items():
+        if figure is not None and figure != 0:
+            amount = Decimal(str(figure))
+            shown = ("+" if amount > 0 else "") + usd_text(amount)
+            assert re.search(rf"^{task} .* {re.escape(shown)} ", table, re.M), task
+    assert as_json["totals"]["change_per_month_usd"] == pytest.approx(
+        sum(v for v in changes.values() if v is not None))
     tagging = as_json["tasks"][0]
     assert tagging["cost_per_month_usd"] == 0.54315 and tagging["per_day"] == 18.6
     assert tagging["batch_wait_p95_s"] == 36000.0
@@ -517,6 +545,8 @@ def test_the_renderings_agree_on_one_audit(known):
         assert month in shown and month in markdown
         for key in ("cost_per_day_usd", "spent_today_usd", "spent_this_month_usd"):
             assert usd_text(Decimal(row[key])) in markdown, key
+    for row in known.rows:  # the move's change, as the table shows it, in the markdown
+        assert f"| {change(row).plain} |" in markdown, row.task
     for flag in known.flags:
         assert flag.sentence in markdown
 

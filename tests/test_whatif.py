@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from lanewise.audit.units import usd_round
 from lanewise.catalog import load_catalog
 from lanewise.cli_whatif import whatif
 from lanewise.errors import ConfigurationError
@@ -26,14 +28,16 @@ from lanewise.whatif.estimate import estimate
 from lanewise.whatif.proposal import propose
 from tests.live_helpers import ticket
 
-NOW = 1_790_000_000.0  # 2026-09-21
+NOW = 1_790_000_000.0  # 2026-09-21 14:13 UTC
+TODAY = datetime.fromtimestamp(NOW, UTC).date()
 DAY = 86_400.0
 PICO = Decimal(10) ** 12
 USAGE = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens")
 
 
-def usd(text: str) -> Decimal:
-    return Decimal(text)
+def usd(value: str | float) -> Decimal:
+    """USD from a decimal string or a JSON number."""
+    return Decimal(str(value))
 
 
 # --- a ledger with known traffic -----------------------------------------------------------
@@ -79,10 +83,11 @@ def add_call(conn: sa.Connection, task: str, model: str, *, at: float, latency_m
 def known_traffic(url: str, now: float = NOW) -> Ledger:
     """ticket-tagging (gpt-4o-mini) in the 30 days to `now`, both lanes:
 
-    * a nightly run (planned now-10d, results 2 h later): 3 answers of 1,000 in / 100 out
-      at the batch price (105,000,000 pico each) and 1 failure;
-    * a drain run of one request enqueued now-3d and settled 6 h later: 2,000 in / 200
-      out (210,000,000 pico);
+    * a nightly run (planned now-10d, its batch ended 1 h later, results 2 h later): 3
+      answers of 1,000 in / 100 out at the batch price (105,000,000 pico each) and 1
+      failure;
+    * a drain run of one request enqueued now-3d, its batch ended 5.5 h later: 2,000 in /
+      200 out (210,000,000 pico);
     * 2 live calls (800 and 1,200 ms): 400 in + 100 cached / 50 out (97,500,000 pico),
       one answered from the cache (5 ms, free) and one deferred;
     * outside the window: a run 40 days back (the ledger's first record) and a call;
@@ -131,29 +136,35 @@ def figures(ledger: Ledger, task: str, lane: str, model: str | None = None):
     prices = load_price_table(DATA_DIR / "prices.json")
     spec = load_catalog(DATA_DIR / "catalog.yaml").get(task)
     proposal = propose(spec, lane, model, prices)
-    return proposal, estimate(ledger, proposal, prices, days=30, now=NOW)
+    return proposal, estimate(ledger, proposal, prices, days=30, today=TODAY)
 
 
 def test_estimate_prices_the_recorded_traffic_both_ways(known):
     proposal, found = figures(known, "ticket-tagging", "live")
-    assert (found.requests, found.days) == (6, 30.0)
+    # The audit's window: the 30 complete UTC days ending yesterday.
+    assert (found.window.first.isoformat(), found.window.last.isoformat()) == (
+        "2026-08-22", "2026-09-20")
+    # Requests as the audit counts them: 4 + 1 batch items (the failure too), the 2 paid
+    # live calls and the cache's answer (not the deferred call); 6 of them billed.
+    assert (found.requests, found.billed_requests, found.days) == (8, 6, 30)
     # As it ran: 3 x 105e6 + 210e6 (batch) + 2 x 97.5e6 (live).
     assert found.current_picodollars == 720_000_000
     # All live: batch items at 0.15/0.60 per M (210e6 each, 420e6), live calls as they ran.
     assert found.proposed_picodollars == 3 * 210_000_000 + 420_000_000 + 195_000_000
-    assert found.per_month(found.proposed_picodollars) == 1_245_000_000
+    assert found.per_month(found.proposed_picodollars) == usd("0.001245")
     lines = {(c.lane, c.model): (c.requests, c.current_picodollars, c.proposed_picodollars)
              for c in found.lines}
     assert lines == {("batch", "gpt-4o-mini"): (4, 525_000_000, 1_050_000_000),
                      ("live", "gpt-4o-mini"): (2, 195_000_000, 195_000_000)}
-    # Waits now: live p50/p95 over 5 ms, 800 ms, 1.2 s (the deferred call is not a wait);
-    # batch from planning (2 h) or enqueue (6 h) to result.
+    # Waits now, the audit's, interpolated between ranks: live over 5 ms, 800 ms, 1.2 s
+    # (the deferred call is not a wait); batch from planning (1 h for the 4 nightly
+    # items, the failure too) or enqueue (5.5 h) to the batch's end, not the run's.
     live, batch = found.waits_now["live"], found.waits_now["batch"]
-    assert (live.count, live.p50, live.p95) == (3, 0.8, 1.2)
-    assert (batch.count, batch.p50, batch.p95) == (4, 7200.0, 21600.0)
+    assert (live.count, live.p50, live.p95) == (3, 0.8, 1.16)
+    assert (batch.count, batch.p50, batch.p95) == (5, 3600.0, 3600 + 0.8 * 16200)
     # Proposed: gpt-4o-mini's live answers of any task (the fallback's 3 s included).
     assert (found.wait_proposed.count, found.wait_proposed.p50,
-            found.wait_proposed.p95) == (3, 1.2, 3.0)
+            found.wait_proposed.p95) == (3, 1.2, 2.82)
     assert proposal.conflicts == [] and any("rush" in n for n in proposal.notes)
 
 
@@ -164,8 +175,8 @@ def test_estimate_for_another_providers_model_in_batch(known):
     assert found.proposed_picodollars == (3 * 750_000_000 + 1_500_000_000
                                           + 2 * 375_000_000)
     assert found.cache_as_input == 2
-    assert found.per_month(found.proposed_picodollars - found.current_picodollars) == \
-        4_500_000_000 - 720_000_000
+    assert found.per_month(found.proposed_picodollars) - \
+        found.per_month(found.current_picodollars) == usd("0.0045") - usd("0.00072")
     assert found.wait_proposed.count == 0
     assert found.wait_proposed.note == "within the 24 h batch window"
     assert any("tokenizers differ" in n for n in proposal.notes)
@@ -175,11 +186,12 @@ def test_per_month_scales_a_shorter_window(known):
     prices = load_price_table(DATA_DIR / "prices.json")
     proposal = propose(load_catalog(DATA_DIR / "catalog.yaml").get("ticket-tagging"),
                        "batch", None, prices)
-    found = estimate(known, proposal, prices, days=8, now=NOW)
-    # Within 8 days: the drain request and the two live calls; per month is x 30 / 8.
-    assert (found.requests, found.days) == (3, 8.0)
+    found = estimate(known, proposal, prices, days=8, today=TODAY)
+    # Within the 8 days ending yesterday: the drain request, the two live calls and the
+    # cache's answer (not billed); per month is x 30 / 8, to the micro-dollar.
+    assert (found.requests, found.billed_requests, found.days) == (4, 3, 8)
     assert found.current_picodollars == 210_000_000 + 195_000_000
-    assert found.per_month(found.current_picodollars) == 1_518_750_000
+    assert found.per_month(found.current_picodollars) == usd("0.001519")  # 0.00151875
     # The live calls in batch: 400 in x 0.075 + 100 cached at the batch input rate (no
     # published batch cached-input rate) + 50 out x 0.30 per M = 52.5e-6 USD each.
     assert found.proposed_picodollars == 210_000_000 + 2 * 52_500_000
@@ -205,11 +217,21 @@ def test_a_proposal_against_the_catalog_and_an_unknown_model(tmp_path, monkeypat
     assert "gpt-4o-mini" in message and "claude-haiku-4-5" in message
 
 
-def test_the_table_and_the_json_carry_the_same_figures(tmp_path, monkeypatch):
-    ledger = known_traffic(f"sqlite:///{tmp_path / 'ledger.sqlite3'}", now=time.time())
+def _home(tmp_path, monkeypatch, now: float, url: str | None = None) -> None:
+    """A home whose ledger (the home's own, else `url`) holds the known traffic up to
+    `now`."""
+    ledger = known_traffic(url or f"sqlite:///{tmp_path / 'ledger.sqlite3'}", now=now)
     ledger.engine.dispose()
     monkeypatch.setenv("LANEWISE_HOME", str(tmp_path))
-    monkeypatch.delenv("LANEWISE_DATABASE_URL", raising=False)
+    if url:
+        monkeypatch.setenv("LANEWISE_DATABASE_URL", url)
+    else:
+        monkeypatch.delenv("LANEWISE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("LANEWISE_CATALOG_PATH", raising=False)
+
+
+def test_the_table_and_the_json_carry_the_same_figures(tmp_path, monkeypatch):
+    _home(tmp_path, monkeypatch, time.time())
     get_settings.cache_clear()
     try:
         runner = CliRunner()
@@ -221,19 +243,76 @@ def test_the_table_and_the_json_carry_the_same_figures(tmp_path, monkeypatch):
     assert as_json.exit_code == 0, as_json.output
     doc = json.loads(as_json.output)
     window = doc["estimate"]
-    assert (window["requests"], window["per_day_over_days"]) == (6, 30.0)
-    assert window["current_usd"] == "0.000720000000"
-    assert window["per_month"] == {"current_usd": "0.000720000000",
-                                   "proposed_usd": "0.001245000000",
-                                   "difference_usd": "0.000525000000"}
+    assert (window["requests"], window["billed_requests"], window["per_day_over_days"]) == (
+        8, 6, 30)
+    # Money as numbers of USD, as the audit's JSON carries it.
+    assert window["current_usd"] == 0.00072
+    assert window["per_month"] == {"current_usd": 0.00072, "proposed_usd": 0.001245,
+                                   "difference_usd": 0.000525}
+    assert [line["current_usd"] for line in window["by_route"]] == [0.000525, 0.000195]
     assert doc["current"] == {"lane": "batch", "provider": "openai", "model": "gpt-4o-mini"}
     assert table.exit_code == 0, table.output
     from lanewise.reporting import money
 
     month = window["per_month"]
     for amount in (month["current_usd"], month["proposed_usd"]):
-        assert money(usd(amount)) in table.output
+        assert money(Decimal(str(amount))) in table.output
     assert "per month (per day x 30)" in table.output
+    # The title states the window, as the audit's does.
+    first, last = window["window"]["first"], window["window"]["last"]
+    assert f"{first} to {last} (30 UTC days)" in " ".join(table.output.split())
+    assert last < window["window"]["today"]
+
+
+def test_whatif_and_the_audit_report_the_same_task_alike(ledger_url, tmp_path, monkeypatch):
+    """On one ledger, `whatif --days D` and `audit --days D` read the same window: the
+    task's requests, cost per month now and waits are the audit row's (on PostgreSQL
+    the audit's percentiles are computed in SQL, the what-if's by the same query)."""
+    from lanewise.audit import rows
+    from lanewise.cli_audit import audit
+
+    _home(tmp_path, monkeypatch, NOW, ledger_url)
+    monkeypatch.setattr(rows, "today_utc", lambda: TODAY)  # both commands' today
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        found = runner.invoke(whatif, ["ticket-tagging", "--lane", "live", "--days", "12",
+                                       "--json"])
+        audited = runner.invoke(audit, ["--days", "12", "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert found.exit_code == 0, found.output
+    assert audited.exit_code == 0, audited.output
+    estimated, report = json.loads(found.output)["estimate"], json.loads(audited.output)
+    assert {k: estimated["window"][k] for k in ("first", "last", "days")} == {
+        k: report["window"][k] for k in ("first", "last", "days")} == {
+        "first": "2026-09-09", "last": "2026-09-20", "days": 12}
+    row = next(t for t in report["tasks"] if t["task"] == "ticket-tagging")
+    assert estimated["requests"] == row["batch_requests"] + row["live_requests"] == 8
+    assert estimated["requests_per_day"] == row["per_day"]
+    # 720e6 pico over 12 days, x 30: $0.0018 a month in both.
+    assert estimated["per_month"]["current_usd"] == row["cost_per_month_usd"] == 0.0018
+    waits = estimated["wait_now"]
+    assert (waits["batch"]["p50_seconds"], waits["batch"]["p95_seconds"]) == (
+        row["batch_wait_p50_s"], row["batch_wait_p95_s"]) == (3600.0, 16560.0)
+    assert (waits["live"]["p50_seconds"], waits["live"]["p95_seconds"]) == (
+        row["live_wait_p50_s"], row["live_wait_p95_s"]) == (0.8, 1.16)
+
+
+def test_a_ledger_younger_than_the_window_is_per_day_over_its_days(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    try:
+        with ledger.engine.begin() as conn:  # history starts 3 days before yesterday
+            add_call(conn, "ticket-tagging", "gpt-4o-mini", at=NOW - 4 * DAY, latency_ms=900,
+                     input_tokens=400, output_tokens=50, cost=90_000_000)
+        _, found = figures(ledger, "ticket-tagging", "batch")
+    finally:
+        ledger.engine.dispose()
+    # 2026-09-17 to 2026-09-20: 4 whole UTC days, whatever the hour of the first call.
+    assert (found.window.days, found.days, found.requests) == (30, 4, 1)
+    assert found.per_month(found.current_picodollars) == usd("0.000675")
+    assert any("history starts 2026-09-17" in note and "its 4 UTC day(s)" in note
+               for note in found.notes)
 
 
 # --- the sample, against the emulator ------------------------------------------------------
@@ -326,9 +405,11 @@ def test_sample_runs_both_lanes_and_costs_what_the_emulator_billed(production, e
     # The report's costs are the emulator's bill for the sample, arm by arm and in all.
     batch_bill = billed(emulator, since, lane="batch")
     live_bill = billed(emulator, since, lane="live")
-    assert usd(current["cost_usd"]) == batch_bill > 0
-    assert usd(proposed["cost_usd"]) == live_bill > batch_bill
-    assert usd(sample["total_cost_usd"]) == batch_bill + live_bill == billed(emulator, since)
+    # (JSON money is rounded to the micro-dollar, as the audit's.)
+    assert usd(current["cost_usd"]) == usd_round(batch_bill) > 0
+    assert usd(proposed["cost_usd"]) == usd_round(live_bill) > usd_round(batch_bill)
+    assert usd(sample["total_cost_usd"]) == usd_round(batch_bill + live_bill) == \
+        usd_round(billed(emulator, since))
 
     # The emulator answers a request the same whatever the lane: full agreement.
     agreement = sample["agreement"]
@@ -352,9 +433,10 @@ def test_sample_of_a_text_task_on_another_model_and_a_failed_answer(production, 
     arms = sample["arms"]
     assert arms["proposed"]["route"] == {"lane": "batch", "provider": "openai",
                                          "model": "gpt-4o-mini"}
-    assert usd(arms["current"]["cost_usd"]) == billed(emulator, since,
-                                                       model="claude-haiku-4-5")
-    assert usd(arms["proposed"]["cost_usd"]) == billed(emulator, since, model="gpt-4o-mini")
+    assert usd(arms["current"]["cost_usd"]) == usd_round(billed(emulator, since,
+                                                                 model="claude-haiku-4-5"))
+    assert usd(arms["proposed"]["cost_usd"]) == usd_round(billed(emulator, since,
+                                                                  model="gpt-4o-mini"))
     agreement = sample["agreement"]
     assert agreement["kind"] == "text"
     assert agreement["similarity_mean"] == agreement["similarity_min"] == 1.0

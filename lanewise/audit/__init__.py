@@ -2,7 +2,8 @@
 waits, volume, waits, cost, the other lane's cost, budget and spend, the recommended
 lane and why) and the flags a routing review acts on (docs/routing.md).
 
-`measure` reads the ledger, `recommend` holds the lane rules, `flags` the findings,
+`measure` reads the ledger (`waits` the two wait distributions, which `lanewise whatif`
+reads through the same queries), `recommend` holds the lane rules, `flags` the findings,
 `rows` puts them together (`run_audit`, `build_audit`), `render` prints them.
 """
 

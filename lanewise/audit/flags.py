@@ -5,7 +5,8 @@ sentence and, where it applies, the money.
   `MISROUTED_SHARE` of its traffic ran live: what those live calls overpaid per month
   against the same usage at batch rates.
 * `waited-in-batch`: a person waits, but at least `MISROUTED_SHARE` of its traffic ran
-  in batch (its batch wait is named): what moving that traffic live would add per month.
+  in batch (its measured batch wait is named, with what it leaves out: the wait for the
+  run itself): what moving that traffic live would add per month.
 * `duplicate`: the same request (content hash) paid by two tasks or two lanes: how many
   requests, who paid, and the extra answers (each request's paid answers minus its
   cheapest one) in the window.
@@ -100,7 +101,10 @@ def _waited(spec: TaskSpec, t: Traffic, days: int) -> Flag | None:
     if not spec.person_waits or not t.requests \
             or t.batch_requests / t.requests < MISROUTED_SHARE:
         return None
-    waited = f" (p50 wait {duration(t.batch_wait[0])})" if t.batch_wait else ""
+    # The measured wait starts at the run (or the enqueue): say what comes before it.
+    waited = (f" (p50 {duration(t.batch_wait[0])} from its run's start or enqueue, "
+              "after any wait for the run itself: a nightly run answers a morning "
+              "request the next night)") if t.batch_wait else ""
     extra = per_month(t.batch_as_live - t.batch_paid, days)
     return Flag("waited-in-batch", (spec.name,),
                 f"a person waits for {spec.name}, but {t.batch_requests / t.requests:.0%} of "

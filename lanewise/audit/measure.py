@@ -3,9 +3,9 @@ the same traffic priced in the other lane, spend per UTC day, and duplicate paid
 
 A fixed number of grouped queries whatever the traffic (about a month, ~100k rows):
 batch and live volume and cost per task and UTC day, live usage per task and model,
-the two wait distributions, and the duplicates. Percentiles are computed by
-PostgreSQL (`percentile_cont`); SQLite has no percentile function, so there the one
-column of waits is streamed, sorted by the database, and interpolated the same way.
+the two wait distributions (`waits.py`, which `lanewise whatif` reads too), and the
+duplicates. `task_traffic` is the volume and cost of one task alone, by the same
+queries, for `lanewise whatif`.
 
 Dating, as `Ledger.billed_costs` and budgets date spend: a batch item by its batch's
 end (`shards.ended_at`, else `submitted_at`, else its run's end, else its start); a
@@ -14,27 +14,22 @@ live call by when it was made.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
+from lanewise.audit.waits import DEFERRED, batch_waits, live_waits, percentiles
 from lanewise.errors import ConfigurationError
 from lanewise.ledger import Ledger
 from lanewise.ledger.history import BILLED_STATES
-from lanewise.ledger.schema import items, live_calls, queue_items, runs, shards
+from lanewise.ledger.schema import items, live_calls, runs, shards
 from lanewise.pricing import Lane, PriceTable, to_picodollars
 from lanewise.usage import Usage
 
 SECONDS_PER_DAY = 86_400
-#: Live calls answered by the queue, not on the spot: counted once, as the batch item
-#: that answered them, never as live traffic too.
-DEFERRED = "deferred"
-#: Batch items whose batch ended with their result (an answer or an error): the wait.
-WAITED_STATES = (*BILLED_STATES, "failed")
 _USAGE_COLUMNS = ("input_tokens", "cached_input_tokens", "cache_write_tokens",
                   "output_tokens", "cache_write_1h_tokens", "reasoning_tokens")
 
@@ -64,7 +59,8 @@ class Window:
     def describe(self, today: date) -> str:
         """The window in words, as the output headers state it."""
         ending = ", today included" if self.last == today else ""
-        return f"{self.first} to {self.last} ({self.days} UTC days{ending})"
+        days = "1 UTC day" if self.days == 1 else f"{self.days} UTC days"
+        return f"{self.first} to {self.last} ({days}{ending})"
 
 
 def epoch(day: date) -> float:
@@ -150,17 +146,7 @@ def measure(ledger: Ledger, prices: PriceTable, window: Window) -> Measurements:
 
     postgres = ledger.dialect == "postgresql"
     with ledger.engine.connect() as conn:
-        for task, day, n, paid, as_live in conn.execute(_batch_days(window, postgres)):
-            t = of(task)
-            t.batch_requests += int(n)
-            t.batch_paid += int(paid or 0)
-            t.batch_as_live += int(as_live or 0)
-            _add_spend(t, int(day), int(paid or 0))
-        for task, day, n, paid in conn.execute(_live_days(window, postgres)):
-            t = of(task)
-            t.live_requests += int(n)
-            t.live_paid += int(paid or 0)
-            _add_spend(t, int(day), int(paid or 0))
+        _add_volume(conn, window, postgres, of)
         for task, model, max_prompt, *sums in conn.execute(_live_usage(window)):
             t = of(task)
             total = Usage(**{name: int(s or 0) for name, s in zip(_USAGE_COLUMNS, sums,
@@ -168,12 +154,41 @@ def measure(ledger: Ledger, prices: PriceTable, window: Window) -> Measurements:
             cost = _at_batch_rates(prices, model, total, int(max_prompt or 0))
             t.live_as_batch = None if cost is None or t.live_as_batch is None \
                 else t.live_as_batch + cost
-        for task, p50, p95 in _percentiles(conn, postgres, *_live_waits(window)):
-            of(task).live_wait = (p50, p95)
-        for task, p50, p95 in _percentiles(conn, postgres, *_batch_waits(window)):
-            of(task).batch_wait = (p50, p95)
+        for task, waited in percentiles(conn, postgres, live_waits(window.start, window.end)):
+            of(task).live_wait = (waited.p50, waited.p95)
+        for task, waited in percentiles(conn, postgres, batch_waits(window.start, window.end)):
+            of(task).batch_wait = (waited.p50, waited.p95)
         duplicates = _duplicates(conn, window)
     return Measurements(window, found, duplicates)
+
+
+def task_traffic(ledger: Ledger, window: Window, task: str) -> Traffic:
+    """One task's requests in the window and what they paid, by the queries `measure`
+    counts them with (its waits and its other lane's cost are not read)."""
+    found = Traffic(task)
+    with ledger.engine.connect() as conn:
+        _add_volume(conn, window, ledger.dialect == "postgresql", lambda _: found, task)
+    return found
+
+
+def _add_volume(conn: sa.Connection, window: Window, postgres: bool,
+                of: Callable[[str], Traffic], task: str | None = None) -> None:
+    """Add the window's requests, paid cost and spend per day to each task's Traffic
+    (`of` gives it); `task`: that task's alone."""
+    batch, live = _batch_days(window, postgres), _live_days(window, postgres)
+    if task is not None:
+        batch, live = batch.where(runs.c.task == task), live.where(live_calls.c.task == task)
+    for name, day, n, paid, as_live in conn.execute(batch):
+        t = of(name)
+        t.batch_requests += int(n)
+        t.batch_paid += int(paid or 0)
+        t.batch_as_live += int(as_live or 0)
+        _add_spend(t, int(day), int(paid or 0))
+    for name, day, n, paid in conn.execute(live):
+        t = of(name)
+        t.live_requests += int(n)
+        t.live_paid += int(paid or 0)
+        _add_spend(t, int(day), int(paid or 0))
 
 
 def spend(ledger: Ledger, today: date) -> dict[str, tuple[int, int]]:
@@ -282,64 +297,6 @@ def _at_batch_rates(prices: PriceTable, model: str, total: Usage,
         return to_picodollars(replace(price, tier_limits={}).cost_usd(total, Lane.BATCH))
     except ConfigurationError:
         return None
-
-
-_Waits = tuple[sa.ColumnElement, sa.ColumnElement, list[sa.ColumnElement], sa.FromClause]
-
-
-def _live_waits(window: Window) -> _Waits:
-    """(task, wait in s, filters, source) of live calls answered or failed on the spot."""
-    return (live_calls.c.task, live_calls.c.latency_ms / 1000.0, [
-        live_calls.c.answered_by != DEFERRED, live_calls.c.created_at >= window.start,
-        live_calls.c.created_at < window.end], live_calls)
-
-
-def _batch_waits(window: Window) -> _Waits:
-    """(task, wait in s, filters, source) of batch items whose batch ended in the window: from
-    when the item was enqueued (a drain run's queue item) or else its run was planned,
-    to its batch's end."""
-    queued = sa.and_(queue_items.c.run_key == runs.c.run_key,
-                     queue_items.c.task == runs.c.task,
-                     queue_items.c.key == items.c.input_key)
-    wait = shards.c.ended_at - sa.func.coalesce(queue_items.c.created_at, runs.c.created_at)
-    source = (items.join(runs, runs.c.id == items.c.run_id)
-              .join(shards, shards.c.id == items.c.shard_id)
-              .outerjoin(queue_items, queued))
-    return (runs.c.task, wait, [
-        items.c.status.in_(WAITED_STATES), shards.c.ended_at >= window.start,
-        shards.c.ended_at < window.end], source)
-
-
-def _percentiles(conn: sa.Connection, postgres: bool, task: sa.ColumnElement,
-                 value: sa.ColumnElement, filters: list[sa.ColumnElement],
-                 source: sa.FromClause) -> Iterable[tuple[str, float, float]]:
-    """(task, p50, p95) of `value` per task, interpolated linearly between ranks
-    (PostgreSQL's percentile_cont, done in SQL there)."""
-    if postgres:
-        query = sa.select(task, sa.func.percentile_cont(0.5).within_group(value),
-                          sa.func.percentile_cont(0.95).within_group(value))
-        for name, p50, p95 in conn.execute(query.select_from(source).where(*filters)
-                                           .group_by(task)):
-            yield name, float(p50), float(p95)
-        return
-    current, values = None, []
-    query = sa.select(task, value).select_from(source).where(*filters)
-    for name, v in conn.execute(query.order_by(task, value)):
-        if name != current and values:
-            yield current, percentile(values, 0.5), percentile(values, 0.95)
-            values = []
-        current = name
-        values.append(float(v))
-    if values:
-        yield current, percentile(values, 0.5), percentile(values, 0.95)
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """The q-quantile of sorted values, interpolated between the two nearest ranks."""
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _duplicates(conn: sa.Connection, window: Window) -> list[Duplicate]:

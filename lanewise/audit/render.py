@@ -108,10 +108,9 @@ def status(row: TaskRow) -> Text:
 def change(row: TaskRow) -> Text:
     """What moving to the recommended lane changes per month: "-$0.0865" (saves, green),
     "+$0.0320" (adds, yellow), "$0" (already there), "n/a" (cannot be priced)."""
-    then = row.recommended_per_month_usd
-    if then is None:
+    delta = row.change_per_month_usd
+    if delta is None:
         return Text("n/a" if row.recommended_lane else "-")
-    delta = then - row.cost_per_month_usd
     if usd_text(abs(delta)) in ("$0", "<$0.0001"):
         return Text("$0")
     if delta < 0:
@@ -313,7 +312,7 @@ def _cell(value: Any) -> Any:
 def to_csv(audit: Audit) -> str:
     """One row per task with every figure, the flags' kinds and sentences last."""
     out = io.StringIO()
-    fields = [*TaskRow.__dataclass_fields__, FLAG_COLUMNS[1]]
+    fields = [*TaskRow.record_fields(), FLAG_COLUMNS[1]]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in audit.rows:
@@ -352,8 +351,8 @@ def to_markdown(audit: Audit) -> str:
     lines = [f"# {header(audit)}", "", f"{headline(audit)}.", "", f"Dated: {DATED_BY}.", "",
              "| task | owner | person waits | max delay | lane now | per day (measured / "
              "declared) | wait p50 / p95 | cost/day | cost/month | other lane/month | "
-             "spent (of budget) | recommended | why |",
-             "|---|---|---|---:|---|---:|---|---:|---:|---:|---|---|---|"]
+             "move to advised/month | spent (of budget) | recommended | why |",
+             "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---|---|---|"]
     for row in audit.rows:
         task = f"**{_md(row.task)}**" + (f"<br>{_md(row.description)}" if row.description
                                          else "")
@@ -362,7 +361,7 @@ def to_markdown(audit: Audit) -> str:
             f"| {task}", _md(row.owner or "-"), yes_no(row.person_waits),
             delay(row.max_delay_hours), _md(lane), volume(row), "<br>".join(waits(row)),
             usd_text(row.cost_per_day_usd), usd_text(row.cost_per_month_usd),
-            other_lane(row), spent(row).replace("\n", "<br>"),
+            other_lane(row), change(row).plain, spent(row).replace("\n", "<br>"),
             f"**{row.recommended_lane or '-'}**", f"{_md(row.reason)} |"]))
     lines += ["", "## Flags", ""]
     lines += [f"- **{flag.kind}** ({_md(', '.join(flag.tasks))}): {_md(flag.sentence)}"

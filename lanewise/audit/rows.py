@@ -10,6 +10,8 @@ numbers. Definitions, for a window of N UTC days:
 * other lane per month: the same traffic each in the lane it did not run in (batch
   items at their recorded live cost, live calls' usage at batch rates) / N x 30;
   all-batch and all-live: all of it in one lane;
+* change per month: all of it in the recommended lane minus the cost now (the
+  "move to advised" column; none without a recommendation or a price);
 * spent today / this month: what both lanes paid from the UTC day's / month's start,
   as `Ledger.spend_picodollars` counts it for budgets (`measure.spend`).
 """
@@ -71,9 +73,24 @@ class TaskRow:
         return {"batch": self.all_batch_per_month_usd, "live": self.all_live_per_month_usd
                 }.get(self.recommended_lane or "")
 
+    @property
+    def change_per_month_usd(self) -> Decimal | None:
+        """What moving to the recommended lane changes per month: its cost there minus
+        now (negative saves; None without a recommendation or when it cannot be priced)."""
+        then = self.recommended_per_month_usd
+        return None if then is None else then - self.cost_per_month_usd
+
+    @classmethod
+    def record_fields(cls) -> tuple[str, ...]:
+        """The record's names in order: the row's fields, with the move's change after
+        the lanes' monthly costs."""
+        names = list(cls.__dataclass_fields__)
+        at = names.index("all_live_per_month_usd") + 1
+        return (*names[:at], "change_per_month_usd", *names[at:])
+
     def record(self) -> dict[str, Any]:
-        """The row's fields in order, money as Decimals (CSV and JSON write them)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The row's figures in order, money as Decimals (CSV and JSON write them)."""
+        return {name: getattr(self, name) for name in self.record_fields()}
 
 
 @dataclass
@@ -89,10 +106,9 @@ class Audit:
         """Monthly spend now, in the recommended lanes, and the change (the rows'
         rounded figures added up; a row without a recommendation counts as it is)."""
         now = sum((r.cost_per_month_usd for r in self.rows), Decimal(0))
-        then = sum((r.recommended_per_month_usd if r.recommended_per_month_usd is not None
-                    else r.cost_per_month_usd for r in self.rows), Decimal(0))
-        return {"cost_per_month_usd": now, "recommended_per_month_usd": then,
-                "change_per_month_usd": then - now}
+        change = sum((r.change_per_month_usd or Decimal(0) for r in self.rows), Decimal(0))
+        return {"cost_per_month_usd": now, "recommended_per_month_usd": now + change,
+                "change_per_month_usd": change}
 
 
 def build_audit(ledger: Ledger, catalog: Catalog, prices: PriceTable, window: Window,

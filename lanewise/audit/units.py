@@ -54,12 +54,15 @@ def volume_words(per_day: float) -> str:
 
 
 def duration(seconds: float) -> str:
-    """A wait for reading: ms below a second, s below two minutes, min below two
-    hours, else hours."""
-    if seconds < 1:
+    """A wait for reading: ms below a second, s below two minutes (one decimal below
+    10 s: "2.5 s", "85 s"), min below two hours, else hours ("4.0 h"). Each unit is
+    chosen by the rounded figure, so 0.9996 s reads "1.0 s", not "1000 ms"."""
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
+    if round(seconds, 1) < 10:
         return f"{seconds:.1f} s"
-    if seconds < 7200:
+    if round(seconds) < 120:
+        return f"{seconds:.0f} s"
+    if round(seconds / 60) < 120:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

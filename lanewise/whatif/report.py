@@ -1,20 +1,23 @@
-"""A what-if on screen (rich tables) and as JSON (USD as exact decimal strings, waits in
-seconds). Both show the same figures; user text is printed as plain Text, never read
-as rich markup."""
+"""A what-if on screen (rich tables) and as JSON (money as numbers of USD rounded to the
+micro-dollar and waits in seconds to the millisecond, as the audit's JSON carries them).
+Both show the same figures; user text is printed as plain Text, never read as rich
+markup."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from lanewise.audit import units
+from lanewise.audit.waits import percentile
 from lanewise.pricing import from_picodollars
-from lanewise.reporting import exact_usd, money
-from lanewise.whatif.estimate import Estimate, Wait, percentile
+from lanewise.reporting import money
+from lanewise.whatif.estimate import Estimate, Wait
 from lanewise.whatif.proposal import Proposal
 from lanewise.whatif.sample import SampleReport
 
@@ -22,19 +25,17 @@ from lanewise.whatif.sample import SampleReport
 SHOWN = 15
 
 
-def _usd(picodollars: int) -> str:
-    return exact_usd(from_picodollars(picodollars))
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+def _usd(picodollars: int) -> float | None:
+    return units.usd_number(from_picodollars(picodollars))
 
 
 def sample_wait(values: list[float]) -> Wait:
-    """The p50 and p95 of an arm's waits."""
+    """The p50 and p95 of an arm's waits, interpolated between ranks as the audit's."""
     if not values:
         return Wait(0, None, None, "the sample", "nothing answered")
-    return Wait(len(values), percentile(values, 0.5), percentile(values, 0.95), "the sample")
+    ordered = sorted(values)
+    return Wait(len(ordered), round(percentile(ordered, 0.5), 3),
+                round(percentile(ordered, 0.95), 3), "the sample")
 
 
 def _arm_json(arm: Any) -> dict[str, Any]:
@@ -51,23 +52,27 @@ def as_json(proposal: Proposal, estimate: Estimate, sample: SampleReport | None
     task = proposal.task
     current, proposed = estimate.current_picodollars, estimate.proposed_picodollars
     month_now, month_then = estimate.per_month(current), estimate.per_month(proposed)
+    window = estimate.window
     doc: dict[str, Any] = {
         "task": task.name, "description": task.description, "person_waits": task.person_waits,
         "max_delay_hours": task.max_delay_hours, "current": proposal.current.as_dict(),
         "proposed": proposal.proposed.as_dict(), "conflicts": proposal.conflicts,
         "notes": proposal.notes,
         "estimate": {
-            "since": _iso(estimate.since), "until": _iso(estimate.until),
+            "window": {"first": window.first.isoformat(), "last": window.last.isoformat(),
+                       "days": window.days, "today": estimate.today.isoformat()},
             "per_day_over_days": estimate.days, "requests": estimate.requests,
-            "requests_per_day": estimate.requests_per_day(),
+            "billed_requests": estimate.billed_requests,
+            "requests_per_day": round(estimate.requests_per_day(), 2),
             "by_route": [{"lane": line.lane, "provider": line.provider, "model": line.model,
                           "requests": line.requests,
                           "current_usd": _usd(line.current_picodollars),
                           "proposed_usd": _usd(line.proposed_picodollars)}
                          for line in estimate.lines],
             "current_usd": _usd(current), "proposed_usd": _usd(proposed),
-            "per_month": {"current_usd": _usd(month_now), "proposed_usd": _usd(month_then),
-                          "difference_usd": _usd(month_then - month_now)},
+            "per_month": {"current_usd": units.usd_number(month_now),
+                          "proposed_usd": units.usd_number(month_then),
+                          "difference_usd": units.usd_number(month_then - month_now)},
             "wait_now": {lane: wait.as_dict() for lane, wait in estimate.waits_now.items()},
             "wait_proposed": estimate.wait_proposed.as_dict(),
             "requests_priced_with_cache_as_input": estimate.cache_as_input,
@@ -89,16 +94,8 @@ def as_json(proposal: Proposal, estimate: Estimate, sample: SampleReport | None
 
 
 def duration(seconds: float | None) -> str:
-    """Seconds as people read a wait: ms, s, min or h."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:,.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    """Seconds as people read a wait (the audit's units: ms, s, min or h), "-" for none."""
+    return "-" if seconds is None else units.duration(seconds)
 
 
 def _wait_cell(wait: Wait, which: str) -> str:
@@ -107,28 +104,32 @@ def _wait_cell(wait: Wait, which: str) -> str:
     return duration(wait.p50 if which == "p50" else wait.p95)
 
 
-def _signed(picodollars: int) -> str:
-    amount = from_picodollars(picodollars)
+def _signed(amount: Decimal) -> str:
     return ("+" if amount > 0 else "") + money(amount)
 
 
-def estimate_table(proposal: Proposal, estimate: Estimate, days: int) -> Table:
-    """Now against proposed: the window's cost, per month, and the waits."""
-    title = Text(f"What-if: {proposal.task.name}, {proposal.current.label()} -> "
-                 f"{proposal.proposed.label()} (estimate from the last {days} days, "
-                 "no calls made)")
-    table = Table(title=title, title_justify="left")
+def title(proposal: Proposal, estimate: Estimate) -> str:
+    """The what-if's title line, stating the window as the audit's title does."""
+    return (f"What-if: {proposal.task.name}, {proposal.current.label()} -> "
+            f"{proposal.proposed.label()}, {estimate.window.describe(estimate.today)}: "
+            "estimate from the recorded traffic, no calls made")
+
+
+def estimate_table(proposal: Proposal, estimate: Estimate) -> Table:
+    """Now against proposed: the window's requests and cost, per month, and the waits."""
+    table = Table(title=Text(title(proposal, estimate)), title_justify="left")
     for column in ("", "now", "proposed", "difference"):
         table.add_column(column, justify="left" if not column else "right")
     now, then = estimate.current_picodollars, estimate.proposed_picodollars
     month_now, month_then = estimate.per_month(now), estimate.per_month(then)
-    table.add_row("billed requests", f"{estimate.requests:,}", f"{estimate.requests:,}", "")
-    table.add_row("requests per day", f"{estimate.requests_per_day():,.1f}", "", "")
+    table.add_row("requests", f"{estimate.requests:,}", f"{estimate.requests:,}", "")
+    table.add_row("billed (priced)", f"{estimate.billed_requests:,}",
+                  f"{estimate.billed_requests:,}", "")
+    table.add_row("requests per day", units.count(estimate.requests_per_day()), "", "")
     table.add_row("cost in the window", money(from_picodollars(now)),
-                  money(from_picodollars(then)), _signed(then - now))
-    table.add_row(Text("per month (per day x 30)", style="bold"),
-                  money(from_picodollars(month_now)), money(from_picodollars(month_then)),
-                  _signed(month_then - month_now), style="bold")
+                  money(from_picodollars(then)), _signed(from_picodollars(then - now)))
+    table.add_row(Text("per month (per day x 30)", style="bold"), money(month_now),
+                  money(month_then), _signed(month_then - month_now), style="bold")
     for which in ("p50", "p95"):
         cells = [f"{lane} {_wait_cell(wait, which)}"
                  for lane, wait in estimate.waits_now.items()]
@@ -221,14 +222,14 @@ def sample_tables(sample: SampleReport) -> list[Table]:
 
 
 def render(console: Console, proposal: Proposal, estimate: Estimate,
-           sample: SampleReport | None, days: int) -> None:
+           sample: SampleReport | None) -> None:
     """Print the what-if: the estimate, the traffic, the sample, and every note."""
-    console.print(estimate_table(proposal, estimate, days))
+    console.print(estimate_table(proposal, estimate))
     if estimate.lines:
         console.print(traffic_table(estimate))
     else:
-        console.print(Text(f"No billed request of {proposal.task.name} in the last {days} "
-                           "days: nothing to price."))
+        console.print(Text(f"No billed request of {proposal.task.name} in "
+                           f"{estimate.window.describe(estimate.today)}: nothing to price."))
     for conflict in proposal.conflicts:
         console.print(Text(f"conflict with the catalog: {conflict}", style="bold red"))
     for note in [*proposal.notes, *estimate.notes]:

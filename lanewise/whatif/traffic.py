@@ -1,8 +1,9 @@
 """The ledger reads a what-if stands on: a task's billed usage, measured waits, and its
 requests that can be sent again. Grouped queries; nothing here writes.
 
-Dates follow `Ledger.billed_costs`: a batch item is dated by its batch's end (else its
-submission, else its run's end, else its run's start), a live call by when it was made.
+Dates follow `Ledger.billed_costs` (and the audit): a batch item is dated by its batch's
+end (else its submission, else its run's end, else its run's start), a live call by
+when it was made. Waits are the audit's (`lanewise.audit.waits`): the same queries.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from lanewise.audit.waits import Percentiles, batch_waits, live_waits, measured_waits
 from lanewise.ledger import Ledger
 from lanewise.ledger.history import BILLED_STATES
-from lanewise.ledger.schema import items, live_calls, queue_items, runs, shards
+from lanewise.ledger.schema import items, live_calls, runs, shards
 from lanewise.usage import Usage
 
 #: Usage columns in `Usage`'s field order.
@@ -73,41 +75,19 @@ def billed_usage(ledger: Ledger, task: str, since: float, until: float) -> list[
     return found
 
 
-def live_latencies(ledger: Ledger, since: float, until: float, *, task: str | None = None,
-                   model: str | None = None) -> list[float]:
-    """Seconds live calls took in [since, until): a task's (every call but the deferred,
-    whose answer comes from a later batch), or a model's (calls it answered)."""
-    query = sa.select(live_calls.c.latency_ms).where(live_calls.c.created_at >= since,
-                                                     live_calls.c.created_at < until)
-    if task is not None:
-        query = query.where(live_calls.c.task == task, live_calls.c.answered_by != "deferred")
-    if model is not None:
-        query = query.where(live_calls.c.model == model,
-                            live_calls.c.answered_by.in_(MODEL_ANSWERS))
-    with ledger.engine.connect() as conn:
-        return [float(ms) / 1000 for ms in conn.execute(query).scalars()]
-
-
-def batch_waits(ledger: Ledger, since: float, until: float, *, task: str | None = None,
-                model: str | None = None) -> list[float]:
-    """Seconds billed batch items in [since, until) waited for their answer: from when
-    the request was enqueued (a deferred one) or its run started planning, to when it
-    was settled (enqueued) or its run finished with the results (else its batch's end);
-    a task's items, or a model's."""
-    queued = sa.and_(queue_items.c.run_key == runs.c.run_key,
-                     queue_items.c.task == runs.c.task, queue_items.c.key == items.c.input_key)
-    start = sa.func.coalesce(queue_items.c.created_at, runs.c.created_at)
-    end = sa.func.coalesce(queue_items.c.finished_at, runs.c.finished_at, shards.c.ended_at)
-    query = (sa.select(start, end)
-             .select_from(_items_of_runs().outerjoin(queue_items, queued))
-             .where(items.c.status.in_(BILLED_STATES), _ITEM_STAMP >= since,
-                    _ITEM_STAMP < until, end.is_not(None)))
-    if task is not None:
-        query = query.where(runs.c.task == task)
-    if model is not None:
-        query = query.where(runs.c.model == model)
-    with ledger.engine.connect() as conn:
-        return [max(float(b) - float(a), 0.0) for a, b in conn.execute(query)]
+def measured_wait(ledger: Ledger, lane: str, since: float, until: float, *,
+                  task: str | None = None, model: str | None = None) -> Percentiles | None:
+    """How long a lane's requests in [since, until) waited, by the audit's queries and
+    percentiles (`lanewise.audit.waits`): a task's requests, or a model's (live: the
+    calls it answered); None when none did."""
+    if lane == "live":
+        query, owner = live_waits(since, until), live_calls.c
+        answered = [] if task is not None else [owner.answered_by.in_(MODEL_ANSWERS)]
+    else:
+        query, owner, answered = batch_waits(since, until), runs.c, []
+    column, key = (owner.task, task) if task is not None else (owner.model, model)
+    return measured_waits(ledger, query, by=column,
+                          where=[column == key, *answered]).get(key or "")
 
 
 def first_record(ledger: Ledger) -> float | None:
