@@ -33,6 +33,7 @@ from lanewise.providers.base import (
     ItemOutcome,
     stated_token_limit,
 )
+from lanewise.schema_check import quick_check
 
 MAX_CONSECUTIVE_POLL_ERRORS = 10
 OUT_OF_CREDIT = "out of credit (insufficient_quota), waiting for a rerun after a top-up"
@@ -216,6 +217,9 @@ def _check_output(ctx: LaneContext, text: str | None) -> str | None:
         value = json.loads(text)
     except ValueError as exc:
         return f"invalid_output: not JSON ({exc.msg})"
+    quick = quick_check(ctx.task.output.json_schema)
+    if quick is not None and quick(value):
+        return None  # surely valid: jsonschema would find nothing (lanewise/schema_check.py)
     error = jsonschema.exceptions.best_match(
         _validator(ctx.task.output.json_schema).iter_errors(value))
     if error is not None:
