@@ -121,3 +121,31 @@ def test_a_head_start_over_budget_sends_nothing_and_the_runner_refuses(emulator,
             run_batch_lane(ctx, "tagging:over", input_url)
     assert batches_created(emulator) == created_before  # nothing reached the provider
     assert any("sent no more batches" in msg for _, msg, _ in ahead.held_log.records)
+
+
+def test_a_head_start_counts_batches_already_in_flight(emulator, tmp_path):
+    """On a resumed run, the first wave leaves room for the batches already sent: the
+    runner's own fit rule, not a fresh tally."""
+    from lanewise.batch.context import LaneContext
+    from lanewise.batch.steps import submit_shard
+    from lanewise.ledger import Ledger
+    from lanewise.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", emulator_url=emulator.url,
+                        shard_max_requests=10, poll_initial_seconds=0.05)
+    ctx = LaneContext.build("ticket-tagging", settings,
+                            ledger=Ledger(settings.resolved_database_url))
+    input_url = sample_input(tmp_path)
+    run_id = open_run(ctx, "tagging:resumed", input_url)
+    first, *rest = ctx.ledger.shards(run_id)
+    assert rest
+    submit_shard(ctx, first["id"])  # sent by an earlier, stopped driver
+    # Room for the batch in flight and less than one more shard.
+    ctx.token_budget = first["estimated_tokens"] + rest[0]["estimated_tokens"] - 1
+    created_before = batches_created(emulator)
+    with PlanAhead(ctx, "tagging:resumed", input_url, None) as ahead:
+        assert ahead.result.result(timeout=60) == run_id
+        assert all(s["status"] == "planned" for s in ctx.ledger.shards(run_id)[1:])
+        assert batches_created(emulator) == created_before
+        summary = run_batch_lane(ctx, "tagging:resumed", input_url)
+    check_run(ctx, emulator, summary)

@@ -79,24 +79,20 @@ class PlanAhead:
             self.result.set_result(run_id)  # the flow waits on it, whatever the wave did
 
     def _send_first_wave(self, run_id: int) -> None:
-        """Submit the planned shards that fit the enqueued-token budget together (at
-        least the first), once the run passes its budget check; a stop is logged and
-        left to the runner, which meets it again in the flow."""
-        from lanewise.batch.steps import submit_shard
+        """Send what fits the enqueued-token budget now (the runner's own rule:
+        `Pipeline.send_what_fits`, batches already in flight counted), once the run
+        passes its budget check; a stop is logged and left to the runner, which meets it
+        again in the flow."""
+        from lanewise.batch.runner import LocalSteps, Pipeline
         from lanewise.budgets import check_run
 
         ctx = dataclasses.replace(self._ctx, lease=self.lease)
         try:
             check_run(ctx, run_id)
-            budget, in_flight = ctx.token_budget, 0
-            for shard in ctx.ledger.shards(run_id):
-                if shard["status"] != "planned":
-                    continue
-                if budget is not None and in_flight and \
-                        in_flight + shard["estimated_tokens"] > budget:
-                    break  # the rest waits for room: the runner's pipeline sends it
-                submit_shard(ctx, shard["id"])
-                in_flight += shard["estimated_tokens"]
+            pipeline = Pipeline(ctx, LocalSteps(ctx), run_id, self.lease.ensure)
+            pipeline.load([s["id"] for s in ctx.ledger.shards(run_id)
+                           if s["status"] != "collected"])
+            pipeline.send_what_fits()
         except Exception as exc:  # noqa: BLE001 - the runner meets it again, in the flow
             self.held_log.info("the head start sent no more batches (%s); the run goes "
                                "on in its flow", exc)

@@ -169,8 +169,9 @@ class Pipeline:
     blocked: bool = False
     reported_at: float = 0.0
 
-    def run(self, shard_ids: list[int]) -> None:
-        """Drive these shards until every one is collected."""
+    def load(self, shard_ids: list[int]) -> None:
+        """Take these shards in, each where its state puts it: to send, in flight, or
+        ended (to collect)."""
         for shard_id in shard_ids:
             shard = self.ctx.ledger.shard(shard_id)
             self.tokens[shard_id] = shard["estimated_tokens"]
@@ -180,6 +181,15 @@ class Pipeline:
                 self.in_flight[shard_id] = shard["estimated_tokens"]
             else:  # ended or failed: its batch is over, collect it
                 self.ended.append(shard_id)
+
+    def send_what_fits(self) -> None:
+        """Send the waiting shards that fit the enqueued-token budget now, in order (the
+        first always, when nothing is in flight); the head start's first wave."""
+        self._send_what_fits()
+
+    def run(self, shard_ids: list[int]) -> None:
+        """Drive these shards until every one is collected."""
+        self.load(shard_ids)
         while self.waiting or self.in_flight or self.ended:
             self._send_what_fits()
             self._collect_ended()
