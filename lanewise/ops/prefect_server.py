@@ -352,7 +352,11 @@ def prefect_api(home: Path | None = None, *, launched: TemporaryServer | None = 
     long as this process (see the module docstring): `launched` if given, else one
     started now under `home`. `notice` is told, once, which server is in use when it
     is not the configured one."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     from lanewise.ops.stack_state import stack_api_url
 
@@ -386,7 +390,11 @@ def prefect_api(home: Path | None = None, *, launched: TemporaryServer | None = 
             notice("no PREFECT_API_URL: this run starts a temporary Prefect server "
                    f"(log: {launched.log_path}); to skip its start-up, {_URL_HINT}")
         api_url = launched.wait_until_healthy(_startup_timeout())
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        # No flow-run heartbeats: they feed a server's detection of crashed runs, and
+        # this server stops with the process; the engine also waits up to a second at
+        # each flow's end for its heartbeat thread to notice the stop.
+        with temporary_settings(updates={PREFECT_API_URL: api_url,
+                                         PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
                 yield api_url
             finally:
