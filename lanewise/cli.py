@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -370,6 +373,42 @@ def reconcile(day, since, provider: str | None, tolerance: str | None) -> None:
 
 def main() -> None:
     """Entry point of the `lanewise` script: lanewise errors become one-line messages."""
+    # Registered first, so it runs last: after every other exit handler, in place of
+    # the interpreter's teardown (see `_exit_without_teardown`).
+    atexit.register(_exit_without_teardown)
+    try:
+        _main()
+    except SystemExit as exc:
+        _exit_status["code"] = exc.code if isinstance(exc.code, int) else \
+            (0 if exc.code is None else 1)
+        raise
+    except KeyboardInterrupt:
+        _exit_status["code"] = 130  # as a shell reports a command ended by Ctrl-C
+        raise
+    except BaseException:
+        _exit_status["code"] = 1  # Python prints the traceback before the exit handlers
+        raise
+
+
+_exit_status: dict[str, int] = {"code": 0}
+
+
+def _exit_without_teardown() -> None:
+    """End the process once the exit handlers ran (threads joined, Prefect's logs and
+    events sent, the temporary server stopped), skipping the interpreter's teardown:
+    freeing every object of a large run one by one took 0.8 s after a 20,000-row run
+    had finished. Logging and the standard streams are flushed first; every file
+    lanewise writes is closed by its own `with` before this."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone (a pipe whose reader left)
+            pass
+    os._exit(_exit_status["code"])
+
+
+def _main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
