@@ -159,8 +159,7 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
         # start overlaps all that this process does before the flow can run.
         early = stack.enter_context(early_temporary_server(settings.home,
                                                            own_database=not from_blocks))
-        from lanewise.batch.context import DateWindow, run_key_for
-        from lanewise.batch.prefect_tasks import context_for
+        from lanewise.batch.context import DateWindow, context_for, run_key_for
 
         # The run key and window, resolved once here so the head start below and the
         # flow plan the same run.
@@ -184,7 +183,11 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
                 # which the flow's runner keeps): the flow finds it planned.
                 from lanewise.batch.plan_ahead import PlanAhead
 
-                stack.enter_context(PlanAhead(ctx, run_key, input_url, window))
+                ahead = stack.enter_context(PlanAhead(ctx, run_key, input_url, window))
+                # Prefect is imported (and the flow started) once planning is done: both
+                # are CPU work in this process, so done during planning they delay the
+                # first batch; done after, they overlap the provider's work on it.
+                ahead.wait_planned()
         from flows.batch import backfill, nightly_batch
         from lanewise.batch.results import summarize
         from lanewise.ops.prefect_server import prefect_api

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from lanewise.catalog import TaskSpec, load_catalog
@@ -154,3 +155,10 @@ def run_key_for(task: str, window: DateWindow | None, run_date: date | None = No
 def storage_prefix(run_key: str) -> str:
     """A path-safe folder name for a run key."""
     return "runs/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
+
+
+@lru_cache(maxsize=16)
+def context_for(task_name: str) -> LaneContext:
+    """The lane context of a task, built once per process (without importing Prefect:
+    the CLI builds it before the flow exists)."""
+    return LaneContext.build(task_name)

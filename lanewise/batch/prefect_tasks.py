@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from lanewise.batch.context import DateWindow, LaneContext
+# context_for lives in the context module (the CLI builds a context before it imports
+# Prefect) and is used from here by the name it always had: one cache either way.
+from lanewise.batch.context import DateWindow, LaneContext, context_for
 from lanewise.batch.planning import open_run
 from lanewise.batch.progress import PrefectProgress, RunLog, artifact_key
 from lanewise.batch.results import RunSummary
@@ -43,12 +44,6 @@ def _transient(task_obj: Any, task_run: Any, state: Any) -> bool:
     except Exception:  # noqa: BLE001 - anything else is not worth a retry
         return False
     return False
-
-
-@lru_cache(maxsize=16)
-def context_for(task_name: str) -> LaneContext:
-    """The lane context of a task, built once per process."""
-    return LaneContext.build(task_name)
 
 
 def shard_label(task_name: str, shard_id: int) -> str:
