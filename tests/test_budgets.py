@@ -495,3 +495,41 @@ def test_the_backfill_flow_fails_a_refused_run_with_the_figures(emulator, tmp_pa
     finally:
         get_settings.cache_clear()
         context_for.cache_clear()
+
+
+def test_the_measured_output_reads_only_the_newest_answers(tmp_path, monkeypatch):
+    """Bounded: the estimate at every run's start reads at most MEASURE_ANSWERS batch
+    answers (newest runs first) and as many live calls, not 90 days of items."""
+    import lanewise.budgets as budgets
+    from lanewise.ledger.schema import items, runs
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    now = time.time()
+    with ledger._write() as conn:
+        # Three runs, oldest first: 10 answers of 100 tokens, 10 of 20, 10 of 40.
+        for age, tokens in ((300, 100), (200, 20), (100, 40)):
+            run_id = conn.execute(runs.insert().values(
+                run_key=f"r{age}", task="ticket-tagging", provider="openai",
+                model="gpt-4o-mini", input_url="x", status="finished", token=f"t{age}",
+                created_at=now - age)).inserted_primary_key[0]
+            conn.execute(items.insert(), [
+                {"run_id": run_id, "row_number": n, "status": "succeeded",
+                 "output_tokens": tokens} for n in range(10)])
+        for n, tokens in enumerate((7, 9, 1000)):  # the 1000-token call is the oldest
+            conn.execute(live_calls.insert().values(
+                task="ticket-tagging", provider="openai", model="gpt-4o-mini",
+                answered_by="live", status="succeeded", content_hash=f"h{n}",
+                latency_ms=1.0, output_tokens=tokens, cost_picodollars=1,
+                created_at=now - n))
+    measure = budgets.measured_output_tokens
+    everything = (10 * (100 + 20 + 40) + 7 + 9 + 1000) / 33
+    assert measure(ledger, "ticket-tagging", "gpt-4o-mini", now - 1000) == \
+        pytest.approx(everything)
+    monkeypatch.setattr(budgets, "MEASURE_ANSWERS", 15)
+    # The newest run's 10 answers, 5 of the one before, and the two newest live calls.
+    assert measure(ledger, "ticket-tagging", "gpt-4o-mini", now - 1000) == \
+        pytest.approx((10 * 40 + 5 * 20 + 7 + 9 + 1000) / 18)
+    monkeypatch.setattr(budgets, "MEASURE_ANSWERS", 2)
+    assert measure(ledger, "ticket-tagging", "gpt-4o-mini", now - 1000) == \
+        pytest.approx((2 * 40 + 7 + 9) / 4)
+    assert measure(ledger, "ticket-tagging", "gpt-4o-mini", now + 1) is None
