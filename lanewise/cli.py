@@ -184,10 +184,9 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
                 from lanewise.batch.plan_ahead import PlanAhead
 
                 ahead = stack.enter_context(PlanAhead(ctx, run_key, input_url, window))
-                # Prefect is imported (and the flow started) once planning is done: both
-                # are CPU work in this process, so done during planning they delay the
-                # first batch; done after, they overlap the provider's work on it.
-                ahead.wait_planned()
+                # Prefect is imported and the flow started once the head start is over
+                # (see PlanAhead.wait).
+                ahead.wait()
         from flows.batch import backfill, nightly_batch
         from lanewise.batch.results import summarize
         from lanewise.ops.prefect_server import prefect_api

@@ -49,8 +49,6 @@ class PlanAhead:
         self.lease = RunLease(ctx.ledger, run_key, ttl=ctx.settings.lease_seconds,
                               wait_seconds=ctx.settings.lease_wait_seconds)
         self.result: Future[int] = Future()
-        # Set once planning is over (whatever its outcome), before the first wave.
-        self.planned = threading.Event()
         self.claimed = False  # the runner took the lease over
         self.consumed = False  # the plan step took the result
         # Planning's own context, with its log held back: no Prefect run exists yet, so
@@ -75,19 +73,19 @@ class PlanAhead:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims the plan
             self.result.set_exception(exc)
             return
-        finally:
-            self.planned.set()
         try:
             self._send_first_wave(run_id)
         finally:
             self.result.set_result(run_id)  # the flow waits on it, whatever the wave did
 
-    def wait_planned(self) -> None:
-        """Block until planning is over (its outcome is the flow's to see). The CLI
-        imports Prefect and starts the flow only then: planning is CPU work in this
-        process, and so are those, while the first wave's submits mostly wait on the
-        provider."""
-        self.planned.wait()
+    def wait(self) -> None:
+        """Block until the head start is over: planned and its first wave sent (or
+        stopped); its outcome is the flow's to see. The CLI imports Prefect and starts
+        the flow only then: planning is CPU work in this process and so are those, so
+        done together they delayed the first batch; done after, they overlap the
+        provider's work on it. (Nor do two threads import at once: a module one thread
+        is importing can look half-made to the other.)"""
+        self.result.exception()
 
     def _send_first_wave(self, run_id: int) -> None:
         """Send what fits the enqueued-token budget now (the runner's own rule:
