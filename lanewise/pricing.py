@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,30 @@ class ModelPrice:
             raise UnpricedUsageError("reasoning_tokens", usage.reasoning_tokens,
                                      "the table bills reasoning apart from output "
                                      "(output_cost_per_reasoning_token)", model=self.model)
+
+    def cost_picodollars(self, usage: Usage, lane: Lane) -> int:
+        """`cost_usd` in whole picodollars, with integers only: every rate is a whole
+        number of picodollars per token (`_rate` refuses any other), so the result is
+        the same, exactly, and cheap enough for every answer of a large run."""
+        rates = self._picodollar_rates[lane is Lane.BATCH]
+        if rates is None:  # a rate that is not a whole number of picodollars
+            return to_picodollars(self.cost_usd(usage, lane))
+        self.check(usage, lane)
+        return (usage.input_tokens * rates[0] + usage.cached_input_tokens * rates[1]
+                + usage.cache_write_tokens * rates[2]
+                + usage.cache_write_1h_tokens * rates[3] + usage.output_tokens * rates[4])
+
+    @cached_property
+    def _picodollar_rates(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+        """(live, batch) rates in picodollars per token, in `cost_picodollars` order;
+        None for a lane with a rate that is not a whole number of them."""
+        def whole(rates: LaneRates) -> tuple[int, ...] | None:
+            scaled = [(rate or 0) * PICODOLLARS_PER_DOLLAR for rate in (
+                rates.input, rates.cached_input, rates.cache_write_5m, rates.cache_write_1h,
+                rates.output)]
+            return None if any(value % 1 for value in scaled) else tuple(map(int, scaled))
+
+        return whole(self.live), whole(self.batch)
 
     def cost_usd(self, usage: Usage, lane: Lane) -> Decimal:
         """Exact USD cost of `usage` at this model's `lane` rates."""
@@ -320,6 +344,10 @@ class PriceTable:
     def cost_usd(self, model: str, usage: Usage, lane: Lane) -> Decimal:
         """Exact USD cost of `usage` for `model` on `lane`."""
         return self.price(model).cost_usd(usage, lane)
+
+    def cost_picodollars(self, model: str, usage: Usage, lane: Lane) -> int:
+        """Exact cost of `usage` for `model` on `lane`, in whole picodollars."""
+        return self.price(model).cost_picodollars(usage, lane)
 
 
 def to_picodollars(usd: Decimal) -> int:

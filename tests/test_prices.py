@@ -487,3 +487,36 @@ def test_prices_command_reads_another_table_and_names_a_missing_model(wide, tmp_
     missing = CliRunner().invoke(cli_module.cli, ["prices", "--table", str(path),
                                                   "--model", "gpt-9"])
     assert isinstance(missing.exception, ConfigurationError)
+
+
+# --- the integer path used for every collected answer ------------------------------------
+
+
+USAGES = [Usage(), Usage(input_tokens=1), Usage(input_tokens=137, output_tokens=18),
+          Usage(input_tokens=90_000, cached_input_tokens=31_337, output_tokens=4_097,
+                reasoning_tokens=1_000)]
+
+
+@pytest.mark.parametrize("model", sorted(EXPECTED))
+def test_cost_in_picodollars_equals_the_exact_decimal_cost(prices, model):
+    price = prices.price(model)
+    writes = [Usage(input_tokens=10, cache_write_tokens=2_048, cache_write_1h_tokens=4_096,
+                    output_tokens=7)] if price.live.cache_write_1h is not None else []
+    for lane in Lane:
+        for usage in USAGES + writes:
+            assert prices.cost_picodollars(model, usage, lane) == \
+                to_picodollars(prices.cost_usd(model, usage, lane)), (lane, usage)
+
+
+def test_cost_in_picodollars_falls_back_to_decimals_for_a_fractional_rate(prices):
+    import dataclasses
+
+    price = prices.price("gpt-4o-mini")
+    odd = dataclasses.replace(price, batch=dataclasses.replace(
+        price.batch, input=Decimal("0.0000000000015")))  # 1.5 picodollars a token
+    usage = Usage(input_tokens=3, output_tokens=1)
+    assert odd.cost_picodollars(usage, Lane.BATCH) == to_picodollars(
+        odd.cost_usd(usage, Lane.BATCH)) == 4 + 300_000  # 4.5 rounds half to even
+    assert odd.cost_picodollars(usage, Lane.LIVE) == price.cost_picodollars(usage, Lane.LIVE)
+    with pytest.raises(UnpricedUsageError):
+        prices.cost_picodollars("gpt-4o-mini", Usage(cache_write_1h_tokens=5), Lane.BATCH)

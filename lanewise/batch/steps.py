@@ -25,7 +25,7 @@ from lanewise.errors import (
 )
 from lanewise.ledger.lease import RunLease
 from lanewise.memo import per_object
-from lanewise.pricing import Lane, to_picodollars
+from lanewise.pricing import Lane
 from lanewise.providers.base import (
     PERMANENT_BATCH_FAILURES,
     TOKEN_LIMIT_FAILURE,
@@ -261,10 +261,8 @@ def outcome_update(ctx: LaneContext, outcome: ItemOutcome, attempt: int) -> dict
         "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         "output_tokens": usage.output_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
-        "cost_picodollars": to_picodollars(
-            ctx.prices.cost_usd(ctx.task.model, usage, Lane.BATCH)),
-        "live_cost_picodollars": to_picodollars(
-            ctx.prices.cost_usd(ctx.task.model, usage, Lane.LIVE)),
+        "cost_picodollars": ctx.prices.cost_picodollars(ctx.task.model, usage, Lane.BATCH),
+        "live_cost_picodollars": ctx.prices.cost_picodollars(ctx.task.model, usage, Lane.LIVE),
     }
 
 
