@@ -324,6 +324,18 @@ def test_the_limit_in_a_refusal_message_is_read():
     assert stated_token_limit("something else") is None
 
 
+def test_results_lines_are_split_from_chunks_of_any_size():
+    from lanewise.providers.base import jsonl_lines
+
+    text = b'{"a": 1}\r\n\n{"b": "x\\ny"}\n  \n{"c": [1, 2]}'
+    expected = [b'{"a": 1}', b'{"b": "x\\ny"}', b'{"c": [1, 2]}']
+    for size in (1, 2, 3, 7, len(text), 1 << 20):
+        chunks = [text[i:i + size] for i in range(0, len(text), size)]
+        assert list(jsonl_lines(chunks)) == expected, size
+    assert list(jsonl_lines([text + b"\n"])) == expected
+    assert list(jsonl_lines([])) == [] and list(jsonl_lines([b"", b"\n"])) == []
+
+
 def test_a_run_key_keeps_its_input(emulator, tmp_path):
     from lanewise.errors import ConfigurationError
 

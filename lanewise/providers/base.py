@@ -41,6 +41,26 @@ def stated_token_limit(message: str | None) -> int | None:
     return int(found.group(1).replace(",", "")) if found else None
 
 
+#: Bytes read at a time from a results file (lines are split from them by `jsonl_lines`).
+RESULTS_CHUNK_BYTES = 1 << 20
+
+
+def jsonl_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The non-blank lines of a JSONL byte stream given in chunks of any size, without
+    their line ends (`\\n` or `\\r\\n`)."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if line.strip():
+                yield line
+    rest = rest.rstrip(b"\r")
+    if rest.strip():
+        yield rest
+
+
 @dataclass(frozen=True)
 class BatchLimits:
     """What one provider batch may hold."""

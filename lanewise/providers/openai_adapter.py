@@ -12,11 +12,13 @@ from lanewise.catalog import TaskSpec
 from lanewise.errors import ConfigurationError, ProviderError
 from lanewise.pricing import Usage
 from lanewise.providers.base import (
+    RESULTS_CHUNK_BYTES,
     BatchLimits,
     BatchState,
     ItemOutcome,
     LiveReply,
     ProviderAdapter,
+    jsonl_lines,
 )
 from lanewise.providers.sdk_errors import (
     OPENAI_QUOTA_CODE,
@@ -136,11 +138,12 @@ class OpenAIAdapter(ProviderAdapter):
                        ) -> Iterator[ItemOutcome]:
         with translated(self.name, "download batch results"):
             with self.client.files.with_streaming_response.content(file_id) as response:
-                for raw in response.iter_lines():
-                    if raw.strip():
-                        if raw_sink is not None:
-                            raw_sink.write(raw.encode() + b"\n")
-                        yield self._outcome(json.loads(raw))
+                # Lines split from the raw bytes: httpx's text line decoder took a third
+                # of the time of reading a large results file.
+                for raw in jsonl_lines(response.iter_bytes(RESULTS_CHUNK_BYTES)):
+                    if raw_sink is not None:
+                        raw_sink.write(raw + b"\n")
+                    yield self._outcome(json.loads(raw))
 
     @staticmethod
     def _outcome(line: dict[str, Any]) -> ItemOutcome:
