@@ -86,7 +86,7 @@ class EmulatorState:
         # Imported here to avoid a cycle: the processors need the state's engine.
         from lanewise.emulator.batch_process import process_request
         self.worker = BatchWorker(lambda job, line: process_request(self, job, line), config,
-                                  on_stopped=self.job_store.save_worker)
+                                  on_stopped=self._worker_stopped)
         self._resume_unfinished()
 
     def _reload(self, prices: PriceTable) -> None:
@@ -229,6 +229,14 @@ class EmulatorState:
         if view.phase in ("completed", "expired", "cancelled") and not job.finalized:
             finalize(self, job, view)
         return view
+
+    def _worker_stopped(self, job: BatchJob) -> None:
+        """Store where the worker left `job`; and a job whose clock has run out by now
+        ends now (its files written, its bill committed), as a provider's batch does on
+        its own, rather than inside the next poll, which then waited seconds for it.
+        A job due later still ends at the first look after its time (`view`)."""
+        self.job_store.save_worker(job)
+        self.view(job)
 
     def register(self, job: BatchJob) -> None:
         """Store and track a new job and hand it to the worker unless it already failed."""
