@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,12 +40,16 @@ class PromptSpec(BaseModel):
     system: str | None = None
     user: str
 
-    def columns(self) -> set[str]:
-        """Input columns the templates refer to."""
-        names = set()
-        for template in (self.system or "", self.user):
-            names.update(f for _, f, _, _ in string.Formatter().parse(template) if f)
-        return names
+    def columns(self) -> frozenset[str]:
+        """Input columns the templates refer to (parsed once per pair of templates:
+        planning asks for every row)."""
+        return _template_columns(self.system or "", self.user)
+
+
+@lru_cache(maxsize=256)
+def _template_columns(*templates: str) -> frozenset[str]:
+    return frozenset(field for template in templates
+                     for _, field, _, _ in string.Formatter().parse(template) if field)
 
 
 class OutputSpec(BaseModel):
