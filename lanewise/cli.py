@@ -178,15 +178,14 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
             # now rather than at the flow's start; with no API key this also starts (or
             # finds) the shared emulator, outside Prefect's logging.
             ctx = context_for(task)
-            if early is not None:
-                # While the temporary server starts, plan the run (under its lease,
-                # which the flow's runner keeps): the flow finds it planned.
-                from lanewise.batch.plan_ahead import PlanAhead
+            # The head start: plan the run and send its first wave before Prefect is
+            # even imported (under the run's lease, which the flow's runner keeps), while
+            # a temporary server starts; the flow finds it planned and its batches sent.
+            # Prefect is imported and the flow started once it is over (PlanAhead.wait),
+            # so they overlap the provider's work on the first wave.
+            from lanewise.batch.plan_ahead import PlanAhead
 
-                ahead = stack.enter_context(PlanAhead(ctx, run_key, input_url, window))
-                # Prefect is imported and the flow started once the head start is over
-                # (see PlanAhead.wait).
-                ahead.wait()
+            stack.enter_context(PlanAhead(ctx, run_key, input_url, window)).wait()
         from flows.batch import backfill, nightly_batch
         from lanewise.batch.results import summarize
         from lanewise.ops.prefect_server import prefect_api

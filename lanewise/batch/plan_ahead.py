@@ -1,11 +1,11 @@
 """Planning a run while Prefect gets ready: the CLI's head start.
 
-`lanewise run` without a configured server waits seconds for a temporary Prefect server
-(and then for the flow engine) before the flow's first task can plan anything. Planning
-needs neither, so the CLI takes the run key's lease at once and plans in a thread
-meanwhile; the flow's plan step then finds the plan done (or its error) instead of
-doing it again, and the runner keeps the same lease, so no other process can slip in
-between the head start and the flow.
+`lanewise run` spends seconds before the flow's first task can plan anything: importing
+Prefect and starting the flow engine, and without a configured server, starting a
+temporary Prefect server. Planning needs none of them, so the CLI takes the run key's
+lease at once and plans in a thread; the flow's plan step then finds the plan done (or
+its error) instead of doing it again, and the runner keeps the same lease, so no other
+process can slip in between the head start and the flow.
 
 Once planned, the head start also sends the first wave: the run passes its budget
 check (`lanewise.budgets.check_run`, as the runner would) and the shards that fit the
