@@ -112,27 +112,33 @@ def _checked(number: int, values: dict[str, Any],
              problem: tuple[str, str] | None = None) -> InputRow:
     """The row, with any cell that cannot be encoded as UTF-8 made its problem (and None)."""
     for name, value in values.items():
-        if isinstance(value, str | dict | list):
+        if isinstance(value, str):
+            # The common case, answered in C: ASCII text, or text without a surrogate.
+            if value.isascii() or _SURROGATE.search(value) is None:
+                continue
             reason = _unencodable(value)
-            if reason is not None:
-                problem = problem or (_field_name(name), reason)
-                values[name] = None
+        elif isinstance(value, dict | list):
+            reason = _unencodable(value)
+        else:
+            continue
+        if reason is not None:
+            problem = problem or (_field_name(name), reason)
+            values[name] = None
     return InputRow(number, values, problem)
 
 
 def _decode_cells(number: int, record: dict[str, Any]) -> InputRow:
-    values: dict[str, Any] = {}
+    """The row of one record (decoded in place: the record is the reader's own)."""
     problem = None
     for name, value in record.items():
         if isinstance(value, bytes):
             try:
-                value = value.decode("utf-8")
+                record[name] = value.decode("utf-8")
             except UnicodeDecodeError as exc:
                 problem = problem or (_field_name(name),
                                       f"undecodable bytes (not UTF-8) at byte {exc.start}")
-                value = None
-        values[name] = value
-    return _checked(number, values, problem)
+                record[name] = None
+    return _checked(number, record, problem)
 
 
 def _require(url: str, required: Sequence[str], have: Iterable[str], where: str) -> None:
