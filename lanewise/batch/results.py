@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -291,6 +292,31 @@ def _parsed(text: str | None, status: str, fields: list[str]) -> dict[str, Any]:
         values[f"output_{name}"] = value if isinstance(value, str) or value is None \
             else json.dumps(value)
     return values
+
+
+_warmed = False
+
+
+def warm_results_imports() -> float:
+    """Import what writing the results file needs, once per process: pyarrow's
+    Parquet writer, and pandas, which pyarrow imports on the first array it builds
+    from Python objects (about 0.3 s that otherwise came after the last batch).
+    Called while waiting for batches (`steps.await_any`), in that thread: two threads
+    importing at once can each find a module the other is making half made. Returns
+    the seconds it took (0 once done)."""
+    global _warmed
+    if _warmed:
+        return 0.0
+    _warmed = True
+    started = time.monotonic()
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401 - imported for what the results step needs
+
+        pa.array([0])  # makes pyarrow import pandas now, if it is installed
+    except Exception:  # noqa: BLE001 - only a head start; write_results imports again
+        pass
+    return time.monotonic() - started
 
 
 def write_results(ctx: LaneContext, run_id: int) -> str:

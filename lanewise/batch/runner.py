@@ -194,7 +194,6 @@ class Pipeline:
             self._send_what_fits()
             self._collect_ended()
             if self.in_flight:
-                warm_results_imports()
                 self.still_driving()
                 for shard_id in self.steps.await_any(list(self.in_flight)):
                     del self.in_flight[shard_id]
@@ -242,28 +241,6 @@ class Pipeline:
         settings = self.ctx.settings
         self.ctx.sleep(min(settings.poll_max_seconds,
                            settings.poll_initial_seconds * 4 * 2 ** min(self.refusals, 10)))
-
-
-_warmed = False
-
-
-def warm_results_imports() -> None:
-    """Import what writing the results file needs, once per process, while the
-    provider works on the batches just sent: pyarrow's Parquet writer, and pandas,
-    which pyarrow imports on the first array it builds from Python objects (about
-    0.3 s that otherwise came after the last batch). In this thread: two threads
-    importing at once can each find a module the other is making half made."""
-    global _warmed
-    if _warmed:
-        return
-    _warmed = True
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet  # noqa: F401 - imported for what the results step needs
-
-        pa.array([0])  # makes pyarrow import pandas now, if it is installed
-    except Exception:  # noqa: BLE001 - only a head start; write_results imports again
-        pass
 
 
 def _release(lease: RunLease) -> None:
