@@ -67,12 +67,13 @@ def _compile(schema: Any) -> Check | None:
         names = [kind] if isinstance(kind, str) else kind
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return None
-        checks.append(lambda value, names=tuple(names): any(_is_type(n, value)
-                                                            for n in names))
+        checks.append(_type_check(tuple(names)))
     if "enum" in schema:
         enum = _enum_check(schema["enum"]) if isinstance(schema["enum"], list) else None
         if enum is None:
             return None
+        if kind is not None and "string" in names:
+            checks.pop()  # a member of an enum of strings is a string: one check is enough
         checks.append(enum)
     if "items" in schema:
         item = _compile(schema["items"])
@@ -85,7 +86,33 @@ def _compile(schema: Any) -> Check | None:
         if members is None:
             return None
         checks.append(members)
+    return _all_of(checks)
+
+
+def _all_of(checks: list[Check]) -> Check:
+    """One check that passes when every check passes (spelled out for one and two:
+    answers are checked one by one, tens of thousands of them)."""
+    if not checks:
+        return lambda value: True
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda value: first(value) and second(value)
     return lambda value: all(check(value) for check in checks)
+
+
+#: JSON types a plain isinstance answers (integer and number are not: bool is an int).
+_PLAIN_TYPES = {"string": (str,), "object": (dict,), "array": (list,), "boolean": (bool,),
+                "null": (type(None),)}
+
+
+def _type_check(names: tuple[str, ...]) -> Check:
+    """Surely of one of the JSON types `names`."""
+    if all(name in _PLAIN_TYPES for name in names):
+        types = tuple(t for name in names for t in _PLAIN_TYPES[name])
+        return lambda value: isinstance(value, types)
+    return lambda value: any(_is_type(name, value) for name in names)
 
 
 def _object_check(schema: dict[str, Any]) -> Check | None:
@@ -93,23 +120,26 @@ def _object_check(schema: dict[str, Any]) -> Check | None:
     required = schema.get("required", [])
     extra = schema.get("additionalProperties", True)
     if not isinstance(properties, dict) or not isinstance(required, list) \
+            or not all(isinstance(name, str) for name in required) \
             or extra not in (True, False):
         return None
     compiled = {name: _compile(sub) for name, sub in properties.items()}
     if any(check is None for check in compiled.values()):
         return None
-    needed = tuple(required)
+    needed = frozenset(required)
     known = frozenset(properties)
 
     def check(value: Any) -> bool:
         if not isinstance(value, dict):
             return True  # these keywords apply to objects only
-        if any(name not in value for name in needed):
+        keys = value.keys()
+        if not needed <= keys or (extra is False and not keys <= known):
             return False
-        if extra is False and not value.keys() <= known:
-            return False
-        return all(compiled[name](member) for name, member in value.items()
-                   if name in compiled)
+        for name, member in value.items():
+            member_check = compiled.get(name)
+            if member_check is not None and not member_check(member):
+                return False
+        return True
 
     return check
 
