@@ -140,10 +140,18 @@ class OpenAIAdapter(ProviderAdapter):
             with self.client.files.with_streaming_response.content(file_id) as response:
                 # Lines split from the raw bytes: httpx's text line decoder took a third
                 # of the time of reading a large results file.
-                for raw in jsonl_lines(response.iter_bytes(RESULTS_CHUNK_BYTES)):
-                    if raw_sink is not None:
-                        raw_sink.write(raw + b"\n")
-                    yield self._outcome(json.loads(raw))
+                copied: list[bytes] = []  # written to raw_sink a thousand lines at a time
+                try:
+                    for raw in jsonl_lines(response.iter_bytes(RESULTS_CHUNK_BYTES)):
+                        if raw_sink is not None:
+                            copied.append(raw)
+                            if len(copied) >= 1000:
+                                raw_sink.write(b"\n".join(copied) + b"\n")
+                                copied.clear()
+                        yield self._outcome(json.loads(raw))
+                finally:  # the lines read so far, also when the reader stops early
+                    if copied and not getattr(raw_sink, "closed", False):
+                        raw_sink.write(b"\n".join(copied) + b"\n")
 
     @staticmethod
     def _outcome(line: dict[str, Any]) -> ItemOutcome:
