@@ -1,5 +1,5 @@
 """`python -m lanewise` is the `lanewise` command."""
 
-from lanewise.cli import main
+from lanewise.cli import entry
 
-main()
+entry()

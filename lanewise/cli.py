@@ -178,14 +178,16 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
             # now rather than at the flow's start; with no API key this also starts (or
             # finds) the shared emulator, outside Prefect's logging.
             ctx = context_for(task)
-            # The head start: plan the run and send its first wave before Prefect is
-            # even imported (under the run's lease, which the flow's runner keeps), while
-            # a temporary server starts; the flow finds it planned and its batches sent.
-            # Prefect is imported and the flow started once it is over (PlanAhead.wait),
-            # so they overlap the provider's work on the first wave.
-            from lanewise.batch.plan_ahead import PlanAhead
+            if early is not None or _flow_server_answers(settings.home):
+                # The head start: plan the run and send its first wave before Prefect
+                # is even imported (under the run's lease, which the flow's runner
+                # keeps), while a temporary server starts; the flow finds it planned and
+                # its batches sent. Prefect is imported and the flow started once it is
+                # over (PlanAhead.wait), so they overlap the provider's work on the
+                # first wave.
+                from lanewise.batch.plan_ahead import PlanAhead
 
-            stack.enter_context(PlanAhead(ctx, run_key, input_url, window)).wait()
+                stack.enter_context(PlanAhead(ctx, run_key, input_url, window)).wait()
         from flows.batch import backfill, nightly_batch
         from lanewise.batch.results import summarize
         from lanewise.ops.prefect_server import prefect_api
@@ -206,6 +208,22 @@ def run(task: str, input_url: str, run_date, start, end, all_rows: bool,
     ctx = context_for(task)
     summary = summarize(ctx.ledger, ctx.ledger.run_by_key(brief["run_key"])["id"])
     print_runs(console, [summary], "What the run cost")
+
+
+def _flow_server_answers(home: Path) -> bool:
+    """Whether the Prefect server the flow will use surely answers now: the one
+    PREFECT_API_URL names in the environment, else the stack's of `home`. The head start
+    sends batches before the flow exists, so it runs only then (a server that is down
+    stops the run before anything is sent; a URL set only in Prefect's profile is not
+    read here, so such a run has no head start)."""
+    import os
+
+    from lanewise.ops.stack_state import server_healthy, stack_api_url
+
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        return server_healthy(configured)
+    return stack_api_url(home) is not None
 
 
 def _note(message: str) -> None:
@@ -372,13 +390,17 @@ def reconcile(day, since, provider: str | None, tolerance: str | None) -> None:
     console.print(f"[green]{report.message()}[/]")
 
 
-def main() -> None:
-    """Entry point of the `lanewise` script: lanewise errors become one-line messages."""
-    # Registered first, so it runs last: after every other exit handler, in place of
-    # the interpreter's teardown (see `_exit_without_teardown`).
+def entry() -> None:
+    """The `lanewise` script and `python -m lanewise`: `main`, after which the process
+    ends once the exit handlers ran, without the interpreter's teardown (see
+    `_exit_without_teardown`). In-process callers (tests) call `main` instead."""
+    _exit_status["code"] = 0
+    # Registered before anything the command imports registers its own handlers, so it
+    # runs after them (handlers run last-registered first); only logging's came earlier,
+    # and `_exit_without_teardown` shuts logging down itself.
     atexit.register(_exit_without_teardown)
     try:
-        _main()
+        main()
     except SystemExit as exc:
         _exit_status["code"] = exc.code if isinstance(exc.code, int) else \
             (0 if exc.code is None else 1)
@@ -401,15 +423,17 @@ def _exit_without_teardown() -> None:
     had finished. Logging and the standard streams are flushed first; every file
     lanewise writes is closed by its own `with` before this."""
     logging.shutdown()
+    code = _exit_status["code"]
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # closed or gone (a pipe whose reader left)
-            pass
-    os._exit(_exit_status["code"])
+            code = code or 120  # what Python exits with when it cannot flush stdout
+    os._exit(code)
 
 
-def _main() -> None:
+def main() -> None:
+    """Entry point of the `lanewise` command: lanewise errors become one-line messages."""
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
