@@ -149,3 +149,27 @@ def test_a_head_start_counts_batches_already_in_flight(emulator, tmp_path):
         assert batches_created(emulator) == created_before
         summary = run_batch_lane(ctx, "tagging:resumed", input_url)
     check_run(ctx, emulator, summary)
+
+
+def test_an_account_out_of_credit_is_asked_once_and_the_run_stops_with_it(
+        emulator, control, tmp_path):
+    """The first wave meets the account out of credit: the runner stops with that error
+    instead of sending the same shard again; topped up, a rerun resumes the run."""
+    from lanewise.errors import QuotaExhaustedError
+    from tests.test_quota_and_estimates import quota_refusals, set_out_of_credit
+
+    ctx = make_context("ticket-tagging", emulator, tmp_path)
+    input_url = sample_input(tmp_path)
+    refused_before = quota_refusals(emulator)
+    set_out_of_credit(control, "openai", True)
+    try:
+        with PlanAhead(ctx, "tagging:broke", input_url, None) as ahead:
+            ahead.wait()
+            with pytest.raises(QuotaExhaustedError, match="tagging:broke"):
+                run_batch_lane(ctx, "tagging:broke", input_url)
+    finally:
+        set_out_of_credit(control, "openai", False)
+    assert quota_refusals(emulator) - refused_before == 1
+    summary = run_batch_lane(ctx, "tagging:broke", input_url)
+    assert summary.succeeded > 0 and "failed" not in summary.counts
+    assert summary.succeeded + summary.counts.get("rejected", 0) == summary.rows

@@ -51,6 +51,9 @@ class PlanAhead:
         self.result: Future[int] = Future()
         self.claimed = False  # the runner took the lease over
         self.consumed = False  # the plan step took the result
+        # The account out of credit, met by the first wave: the flow stops with it
+        # rather than asking the provider again (`planned_run` raises it).
+        self.out_of_credit: Exception | None = None
         # Planning's own context, with its log held back: no Prefect run exists yet, so
         # the plan step replays these records into the flow run's logs.
         self.held_log = HeldLog()
@@ -91,9 +94,11 @@ class PlanAhead:
         """Send what fits the enqueued-token budget now (the runner's own rule:
         `Pipeline.send_what_fits`, batches already in flight counted), once the run
         passes its budget check; a stop is logged and left to the runner, which meets it
-        again in the flow."""
+        again in the flow (an account out of credit is handed over instead, so the
+        provider is asked once)."""
         from lanewise.batch.runner import LocalSteps, Pipeline
         from lanewise.budgets import check_run
+        from lanewise.errors import QuotaExhaustedError
 
         ctx = dataclasses.replace(self._ctx, lease=self.lease)
         try:
@@ -102,6 +107,8 @@ class PlanAhead:
             pipeline.load([s["id"] for s in ctx.ledger.shards(run_id)
                            if s["status"] != "collected"])
             pipeline.send_what_fits()
+        except QuotaExhaustedError as exc:
+            self.out_of_credit = exc
         except Exception as exc:  # noqa: BLE001 - the runner meets it again, in the flow
             self.held_log.info("the head start sent no more batches (%s); the run goes "
                                "on in its flow", exc)
@@ -182,4 +189,6 @@ def planned_run(run_key: str, input_url: str, window: DateWindow | None,
     ahead.result.exception()  # wait for it, whatever its outcome
     if log is not None:
         ahead.held_log.replay(log)
+    if ahead.out_of_credit is not None:
+        raise ahead.out_of_credit
     return ahead.result.result()
