@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import queue
 import threading
@@ -232,8 +233,10 @@ class BatchWorker:
         if self._on_stopped is not None:
             try:
                 self._on_stopped(job)
-            except Exception:  # noqa: BLE001 - storing is best effort; the job goes on
-                pass
+            except Exception:  # noqa: BLE001 - best effort: the next look redoes it
+                logging.getLogger(__name__).warning(
+                    "storing or finalizing batch %s after its worker failed; the next look "
+                    "at it finalizes it again", job.id, exc_info=True)
 
     def _work(self, job: BatchJob) -> bool:
         """Process the job; False when the worker was stopped part way."""
