@@ -54,7 +54,7 @@ MEASURE_DAYS = 90
 #: measured average: plenty for a stable figure, and cheap at every run's start.
 MEASURE_ANSWERS = 20_000
 #: The newest runs looked at for them (runs of a queue drain may hold few answers each).
-MEASURE_RUNS = 500
+MEASURE_RUNS = 100
 DAY_SECONDS = 86400
 #: Live calls that billed an answer (not answered from the cache, deferred or failed).
 PAID_LIVE_PATHS = ("live", "fallback_model")
