@@ -520,3 +520,13 @@ def test_cost_in_picodollars_falls_back_to_decimals_for_a_fractional_rate(prices
     assert odd.cost_picodollars(usage, Lane.LIVE) == price.cost_picodollars(usage, Lane.LIVE)
     with pytest.raises(UnpricedUsageError):
         prices.cost_picodollars("gpt-4o-mini", Usage(cache_write_1h_tokens=5), Lane.BATCH)
+
+
+def test_the_results_cost_column_is_the_exact_picodollars():
+    from lanewise.batch.results import _usd_column
+    from lanewise.pricing import from_picodollars
+
+    values = [0, 1, 16_725_000, 999_999_999_999, 10**18, 2**62, -5]
+    column = _usd_column(values)
+    assert str(column.type) == "decimal128(24, 12)"
+    assert column.to_pylist() == [from_picodollars(v) for v in values]

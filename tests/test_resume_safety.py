@@ -221,17 +221,16 @@ def test_a_kill_while_rewriting_results_keeps_the_previous_file(emulator, tmp_pa
     ctx = make_context("ticket-summary", emulator, tmp_path)
     summary = run_batch_lane(ctx, "summary:rewrite", sample_input(tmp_path, rows=12))
     run_id = ctx.ledger.run_by_key("summary:rewrite")["id"]
-    real_iter = ctx.ledger.iter_items
+    real_pages = ctx.ledger.iter_item_pages
 
     def dying(*args, **kwargs):
-        for n, item in enumerate(real_iter(*args, **kwargs)):
-            if n == 5:
-                raise KeyboardInterrupt("killed mid-write")
-            yield item
+        for page in real_pages(*args, **kwargs):
+            yield page[:5]  # written to the new file, then the process dies
+            raise KeyboardInterrupt("killed mid-write")
 
-    ctx.ledger.iter_items = dying
+    ctx.ledger.iter_item_pages = dying
     with pytest.raises(KeyboardInterrupt):
         write_results(ctx, run_id)
-    ctx.ledger.iter_items = real_iter
+    ctx.ledger.iter_item_pages = real_pages
     results = pd.read_parquet(ctx.storage.open(summary.results_url, "rb"))
     assert sorted(results["row_number"]) == list(range(1, 13))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -16,7 +18,6 @@ if TYPE_CHECKING:  # pyarrow and the lane context only when a results file is wr
 
     from lanewise.batch.context import LaneContext
 
-RESULT_CHUNK = 5000
 # The item columns a results file is made of (read from the ledger, nothing else).
 RESULT_COLUMNS = ("row_number", "input_key", "status", "error_field", "error_reason",
                   "excerpted", "attempt", "output_text", "input_tokens",
@@ -277,21 +278,38 @@ def _schema(fields: list[str]) -> pa.Schema:
     return pa.schema(columns)
 
 
-def _parsed(text: str | None, status: str, fields: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {f"output_{name}": None for name in fields}
+def _parsed(text: str | None, status: str, fields: list[str]) -> tuple[Any, ...]:
+    """The answer's value of each output field (as text; JSON for other values), in
+    `fields` order; all None for an item without a JSON object answer."""
     if status not in ANSWERED_STATES or not text or not fields:
-        return values
+        return (None,) * len(fields)
     try:
         parsed = json.loads(text)
     except ValueError:  # a cached answer is checked by the lane that stored it; be safe
-        return values
+        return (None,) * len(fields)
     if not isinstance(parsed, dict):
-        return values
-    for name in fields:
-        value = parsed.get(name)
-        values[f"output_{name}"] = value if isinstance(value, str) or value is None \
-            else json.dumps(value)
-    return values
+        return (None,) * len(fields)
+    values = [parsed.get(name) for name in fields]
+    return tuple(value if isinstance(value, str) or value is None else json.dumps(value)
+                 for value in values)
+
+
+def _usd_column(picodollars: Sequence[int]) -> pa.Array:
+    """Whole picodollars as the results file's `cost_usd` (decimal128(24, 12), whose
+    unscaled value is exactly the picodollars): built from the integers' bytes, not
+    from a Decimal a row (a second for 100,000 rows)."""
+    import pyarrow as pa
+
+    if sys.byteorder != "little":  # Arrow's decimal bytes are the machine's order
+        return pa.array([from_picodollars(p) for p in picodollars], pa.decimal128(24, 12))
+    import numpy as np
+
+    low = np.fromiter(picodollars, dtype=np.int64, count=len(picodollars))
+    words = np.empty((len(picodollars), 2), dtype=np.int64)
+    words[:, 0] = low
+    words[:, 1] = low >> 63  # the high word: the sign, extended
+    return pa.Array.from_buffers(pa.decimal128(24, 12), len(picodollars),
+                                 [None, pa.py_buffer(words)])
 
 
 _warmed = False
@@ -335,28 +353,28 @@ def write_results(ctx: LaneContext, run_id: int) -> str:
     partial = url + ".partial"
     with ctx.storage.open(partial, "wb") as handle, \
             pq.ParquetWriter(handle, schema) as writer:
-        chunk: list[dict[str, Any]] = []
-        for item in ctx.ledger.iter_items(run_id, columns=RESULT_COLUMNS):
-            chunk.append({
-                "row_number": item["row_number"], "input_key": item["input_key"],
-                "status": item["status"], "error_field": item["error_field"],
-                "error_reason": item["error_reason"], "excerpted": bool(item["excerpted"]),
-                "attempt": item["attempt"], "raw_text": item["output_text"],
-                **_parsed(item["output_text"], item["status"], fields),
-                "input_tokens": item["input_tokens"],
-                "cached_input_tokens": item["cached_input_tokens"],
-                "cache_write_tokens": item["cache_write_tokens"],
-                "cache_write_1h_tokens": item["cache_write_1h_tokens"],
-                "output_tokens": item["output_tokens"],
-                "reasoning_tokens": item["reasoning_tokens"],
-                "cost_usd": from_picodollars(item["cost_picodollars"]),
-                "cached_from": item["cached_from"],
-            })
-            if len(chunk) >= RESULT_CHUNK:
-                writer.write_table(pa.Table.from_pylist(chunk, schema))
-                chunk = []
-        if chunk:
-            writer.write_table(pa.Table.from_pylist(chunk, schema))
+        # Column by column, a ledger page at a time (RESULT_COLUMNS order).
+        for page in ctx.ledger.iter_item_pages(run_id, columns=RESULT_COLUMNS):
+            (row_number, input_key, status, error_field, error_reason, excerpted, attempt,
+             output_text, input_tokens, cached_input_tokens, cache_write_tokens,
+             cache_write_1h_tokens, output_tokens, reasoning_tokens, cost_picodollars,
+             cached_from) = zip(*page, strict=True)
+            answers = [_parsed(text, state, fields)
+                       for text, state in zip(output_text, status, strict=True)]
+            outputs = list(zip(*answers, strict=True)) if fields else []
+            writer.write_table(pa.Table.from_arrays([
+                pa.array(row_number, pa.int64()), pa.array(input_key, pa.string()),
+                pa.array(status, pa.string()), pa.array(error_field, pa.string()),
+                pa.array(error_reason, pa.string()),
+                pa.array([bool(flag) for flag in excerpted], pa.bool_()),
+                pa.array(attempt, pa.int64()), pa.array(output_text, pa.string()),
+                *(pa.array(column, pa.string()) for column in outputs),
+                pa.array(input_tokens, pa.int64()), pa.array(cached_input_tokens, pa.int64()),
+                pa.array(cache_write_tokens, pa.int64()),
+                pa.array(cache_write_1h_tokens, pa.int64()),
+                pa.array(output_tokens, pa.int64()), pa.array(reasoning_tokens, pa.int64()),
+                _usd_column(cost_picodollars), pa.array(cached_from, pa.string()),
+            ], schema=schema))
     ctx.storage.replace(partial, url)
     return url
 

@@ -62,8 +62,20 @@ class ItemRecords:
     def iter_items(self, run_id: int, *, status: str | None = None,
                    shard_id: int | None = None,
                    columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Stream a run's items in row order (optionally of one status or shard), a page
-        at a time, each page its own short read.
+        """Stream a run's items in row order (optionally of one status or shard), each as
+        a dict, a page at a time (`iter_item_pages`)."""
+        names = list(columns) if columns else [c.name for c in items.columns]
+        for page in self.iter_item_pages(run_id, status=status, shard_id=shard_id,
+                                         columns=names):
+            for row in page:
+                yield dict(zip(names, row))  # noqa: B905 - the paging column is dropped
+
+    def iter_item_pages(self, run_id: int, *, status: str | None = None,
+                        shard_id: int | None = None,
+                        columns: Iterable[str] | None = None) -> Iterator[list[Any]]:
+        """Stream a run's items in row order (optionally of one status or shard) as pages
+        of rows (tuples of `columns`, then `row_number` when not among them), each page
+        its own short read.
 
         A page is a range of row numbers (`PAGE` of them), never "the next PAGE rows
         after N": with stale statistics PostgreSQL answers that by reading and sorting
@@ -71,7 +83,6 @@ class ItemRecords:
         jumps to the next row there is.
         """
         names = list(columns) if columns else [c.name for c in items.columns]
-        # Selected last when not asked for (zip then drops it).
         selected = [items.c[n] for n in names]
         if "row_number" not in names:
             selected.append(items.c.row_number)
@@ -96,8 +107,7 @@ class ItemRecords:
                         return
                     last_row = upcoming - 1
                     continue
-            for row in rows:
-                yield dict(zip(names, row))  # noqa: B905 - the paging column is dropped
+            yield rows
             last_row += PAGE
 
     def rows_of_keys(self, run_id: int, keys: list[str]) -> dict[str, int]:
