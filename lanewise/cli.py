@@ -216,8 +216,6 @@ def _flow_server_answers(home: Path) -> bool:
     sends batches before the flow exists, so it runs only then (a server that is down
     stops the run before anything is sent; a URL set only in Prefect's profile is not
     read here, so such a run has no head start)."""
-    import os
-
     from lanewise.ops.stack_state import server_healthy, stack_api_url
 
     configured = os.environ.get("PREFECT_API_URL")

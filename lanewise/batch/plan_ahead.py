@@ -119,7 +119,7 @@ class PlanAhead:
         with _lock:
             _started.pop(self.run_key, None)
         try:
-            self.result.exception()
+            self.wait()
         finally:
             if not self.claimed:
                 self.lease.release()
@@ -186,7 +186,7 @@ def planned_run(run_key: str, input_url: str, window: DateWindow | None,
             return None
         # Once only: a retried plan step plans for itself (resuming what this one did).
         ahead.consumed = True
-    ahead.result.exception()  # wait for it, whatever its outcome
+    ahead.wait()
     if log is not None:
         ahead.held_log.replay(log)
     if ahead.out_of_credit is not None:
