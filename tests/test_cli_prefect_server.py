@@ -103,3 +103,27 @@ def test_the_early_launch_imports_no_prefect_and_heeds_the_environment(tmp_path)
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
     given = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert given.stdout.split() == ["False", "False"], given.stderr
+
+
+def test_the_temporary_server_runs_flows_without_heartbeats_and_answers_the_head_start(
+        tmp_path, monkeypatch):
+    """Against the temporary server (it ends with the command) Prefect's flow-run
+    heartbeats are off; a configured server keeps them. The head start's check of a
+    configured server: it answers (yes), a closed port (no), nothing configured (no)."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from lanewise.cli import _flow_server_answers
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert not _flow_server_answers(tmp_path)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert not _flow_server_answers(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with prefect_api(tmp_path) as api:
+            assert get_current_settings().flows.heartbeat_frequency is None
+            monkeypatch.setenv("PREFECT_API_URL", api)
+            assert _flow_server_answers(tmp_path)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        with prefect_api(tmp_path):
+            assert get_current_settings().flows.heartbeat_frequency is not None

@@ -69,3 +69,19 @@ def test_cli_startup_emulator_help_still_lists_its_settings(tmp_path):
     for option in ("--host", "--batch-seconds", "--seed", "--rate-limit-rate"):
         assert option in done.stdout
     assert not [name for _, name in modules if name.split(".")[0] in ("fastapi", "uvicorn")]
+
+
+@pytest.mark.parametrize(("args", "code", "said"), [
+    (["--help"], 0, "Usage"),
+    (["no-such-command"], 2, "No such command"),
+    (["run", "no-such-task", "--input", "x.parquet"], 1, "error: no task 'no-such-task'"),
+], ids=["help", "usage", "lanewise-error"])
+def test_the_command_keeps_its_exit_code_without_the_interpreters_teardown(
+        args, code, said, tmp_path):
+    """`python -m lanewise` (the script's `cli.entry`) ends with os._exit after the exit
+    handlers: the exit code and everything printed survive it."""
+    env = {**os.environ, "LANEWISE_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "lanewise", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stdout + done.stderr[-3000:]
+    assert said in done.stdout + done.stderr

@@ -131,6 +131,25 @@ def test_batch_lifecycle_advances_and_completes(oai, emulator):
     assert batch.completed_at and batch.in_progress_at and batch.finalizing_at
 
 
+def test_a_batch_whose_time_is_up_ends_when_its_worker_is_done_without_a_poll(oai, emulator):
+    """At zero delay the worker itself writes the result files and commits the bill, as
+    a provider's batch ends on its own; no poll has to trigger (and wait for) it."""
+    timing = emulator.state.config.timing
+    timing.batch_seconds = timing.validating_seconds = timing.finalizing_seconds = 0
+    file_id = upload_lines(oai, [chat_line(f"w{i}") for i in range(30)])
+    batch = oai.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h")
+    job = emulator.state.jobs[batch.id]
+    deadline = time.monotonic() + 30
+    while not job.finalized:  # read in-process: no request may look at the batch
+        assert time.monotonic() < deadline, "the worker did not end the batch"
+        time.sleep(0.02)
+    assert job.final_phase == "completed"
+    done = oai.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 30
+    assert len(read_jsonl(oai, done.output_file_id)) == 30
+
+
 @pytest.mark.parametrize(
     ("lines", "code", "line"),
     [
