@@ -173,12 +173,14 @@ def measured_output_tokens(ledger: Ledger, task: str, model: str,
     return total / count if count else None
 
 
-def estimate_run(ctx: LaneContext, run_id: int, now: float | None = None) -> RunEstimate:
+def estimate_run(ctx: LaneContext, run_id: int, now: float | None = None, *,
+                 first_round: bool = False) -> RunEstimate:
     """The offline estimate of the run's shards still `planned` (see the module
-    docstring)."""
+    docstring), or with `first_round` of every first-round shard, sent or not."""
     run = ctx.ledger.run(run_id)
     model = run["model"]
-    waiting = [s for s in ctx.ledger.shards(run_id) if s["status"] == "planned"]
+    waiting = [s for s in ctx.ledger.shards(run_id)
+               if (s["attempt"] == 0 if first_round else s["status"] == "planned")]
     requests = sum(s["request_count"] for s in waiting)
     input_tokens = sum(s["estimated_tokens"] for s in waiting)  # already a sum per shard
     reasoning = reasoning_budget_tokens(model, ctx.task.max_output_tokens)
@@ -273,8 +275,8 @@ def check_run(ctx: LaneContext, run_id: int, now: float | None = None) -> RunEst
     when its upper bound passes the task's per-run ceiling or what is left of its daily
     or monthly budget. None for a run that already sent something: approved before."""
     if already_sent(ctx, run_id):
-        ctx.log.info("run %s sent batches already: its budget was checked when it started",
-                     ctx.ledger.run(run_id)["run_key"])
+        ctx.log.info("run %s sent batches already: its estimate (and budget check) was "
+                     "made when it started", ctx.ledger.run(run_id)["run_key"])
         return None
     now = time.time() if now is None else now
     estimate = estimate_run(ctx, run_id, now)
@@ -287,6 +289,23 @@ def check_run(ctx: LaneContext, run_id: int, now: float | None = None) -> RunEst
         raise BudgetExceededError(refusal(ctx, estimate, over), run_key=estimate.run_key,
                                   upper_usd=estimate.upper_usd,
                                   expected_usd=estimate.expected_usd)
+    return estimate
+
+
+def may_send_while_planning(task: TaskSpec) -> bool:
+    """Whether a run of `task` may create batches before its planning ends: only when
+    the task has no budget at all, as nothing could then refuse the whole run (a task
+    with one is checked on its whole plan first, `check_run`)."""
+    return not task.budget.is_set()
+
+
+def record_estimate(ctx: LaneContext, run_id: int) -> RunEstimate:
+    """Estimate a run whose batches were created while it planned (a task with no
+    budget: `may_send_while_planning`) over its whole first round, and record it."""
+    estimate = estimate_run(ctx, run_id, first_round=True)
+    ctx.ledger.set_run(run_id, estimate_upper_picodollars=estimate.upper_picodollars,
+                       estimate_expected_picodollars=estimate.expected_picodollars)
+    ctx.log.info("cost estimate of run %s: %s", estimate.run_key, estimate.line())
     return estimate
 
 

@@ -173,3 +173,103 @@ def test_an_account_out_of_credit_is_asked_once_and_the_run_stops_with_it(
     summary = run_batch_lane(ctx, "tagging:broke", input_url)
     assert summary.succeeded > 0 and "failed" not in summary.counts
     assert summary.succeeded + summary.counts.get("rejected", 0) == summary.rows
+
+
+def _budget_free_context(emulator, tmp_path, ledger_url=None, **fields):
+    """ticket-tagging with no budget (so its head start sends while it plans), 10
+    requests a shard, on the test emulator."""
+    from lanewise.batch.context import LaneContext
+    from lanewise.ledger import Ledger
+    from lanewise.settings import Settings
+    from tests.test_budgets import catalog_with
+
+    settings = Settings(home=tmp_path / "home", emulator_url=emulator.url,
+                        database_url=ledger_url,
+                        catalog_path=catalog_with(tmp_path, "free.yaml", {}),
+                        shard_max_requests=10, poll_initial_seconds=0.05,
+                        poll_max_seconds=0.2)
+    return LaneContext.build("ticket-tagging", settings,
+                             ledger=Ledger(settings.resolved_database_url), **fields)
+
+
+def _sent(ctx, run_key):
+    run = ctx.ledger.run_by_key(run_key)
+    return [] if run is None else [s for s in ctx.ledger.shards(run["id"])
+                                   if s["provider_batch_id"]]
+
+
+def _wait_for_batches(ctx, run_key, count, timeout=30.0):
+    """Block (the planning thread, from its hook) until `count` batches were created."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while len(_sent(ctx, run_key)) < count:
+        assert time.monotonic() < deadline, f"no {count} batch(es) sent while planning"
+        time.sleep(0.02)
+
+
+def test_a_task_without_a_budget_sends_its_shards_while_it_plans(emulator, tmp_path):
+    """Nothing could refuse the whole run, so each shard goes as soon as it is recorded;
+    the estimate is recorded once planning ends, and the run ends like any other."""
+    seen_while_planning = []
+
+    def hook(point):
+        if point == "mid_plan" and not seen_while_planning:
+            # Planning is held here, after its first shard: that shard's batch gets
+            # created all the same.
+            _wait_for_batches(ctx, "tagging:streamed", 1)
+            seen_while_planning.append(ctx.ledger.run_by_key("tagging:streamed")["status"])
+
+    ctx = _budget_free_context(emulator, tmp_path, crash_hook=hook)
+    input_url = sample_input(tmp_path)
+    created_before = batches_created(emulator)
+    with PlanAhead(ctx, "tagging:streamed", input_url, None) as ahead:
+        run_id = ahead.result.result(timeout=60)
+        summary = run_batch_lane(ctx, "tagging:streamed", input_url)
+    assert seen_while_planning == ["planning"]
+    run = ctx.ledger.run(run_id)
+    assert run["estimate_upper_picodollars"] > 0 and run["estimate_expected_picodollars"] > 0
+    check_run(ctx, emulator, summary)
+    shards = ctx.ledger.shards(run_id)
+    assert len(shards) == 6 and batches_created(emulator) - created_before == len(shards)
+
+
+def test_a_crash_mid_planning_keeps_the_batches_sent_and_plans_the_rest(
+        emulator, tmp_path, ledger_url):
+    """Killed while planning, after batches were created for its first shards: the rerun
+    keeps those shards (reattached, not sent again), forgets the rest of the plan, skips
+    the rows those shards hold, and ends with every row exactly once, paid once."""
+    from tests.lane_helpers import SimulatedCrash
+
+    reached = {"n": 0}
+
+    def hook(point):
+        if point == "mid_plan":
+            reached["n"] += 1
+            if reached["n"] == 3:
+                _wait_for_batches(ctx, "tagging:killed", 2)
+                raise SimulatedCrash(point)
+
+    ctx = _budget_free_context(emulator, tmp_path, ledger_url, crash_hook=hook)
+    input_url = sample_input(tmp_path)
+    created_before = batches_created(emulator)
+    with PlanAhead(ctx, "tagging:killed", input_url, None) as ahead:
+        with pytest.raises(SimulatedCrash):
+            ahead.result.result(timeout=60)
+    run = ctx.ledger.run_by_key("tagging:killed")
+    assert run["status"] == "planning"
+    kept = {s["shard_key"]: s["provider_batch_id"] for s in _sent(ctx, "tagging:killed")}
+    assert len(kept) >= 2
+    created_by_crash = batches_created(emulator) - created_before
+    ctx.crash_hook = lambda point: None
+    summary = run_batch_lane(ctx, "tagging:killed", input_url)
+    check_run(ctx, emulator, summary)
+    assert "row 58, field 'ticket_id': duplicate key (first at row 1)" in {
+        r for _, r, _ in summary.reasons}
+    shards = ctx.ledger.shards(run["id"])
+    # The kept shards kept their batches; every other shard got exactly one.
+    assert {s["shard_key"]: s["provider_batch_id"] for s in shards
+            if s["shard_key"] in kept} == kept
+    assert len({s["shard_key"] for s in shards}) == len(shards) == 6
+    assert batches_created(emulator) - created_before == len(shards)
+    assert created_by_crash == len(kept)

@@ -17,6 +17,14 @@ their own, but their log records ("created batch ...") are replayed into the flo
 logs. Anything that stops the wave (a refused budget, an account out of credit) leaves
 the shards as the runner expects them, and the runner meets the same stop in the flow.
 
+A task with no budget has nothing that could refuse its whole run
+(`lanewise.budgets.may_send_while_planning`), so it need not wait for the whole plan:
+each shard is sent as soon as planning records it, while the rest of the input is still
+planned (`ShardSender`, in a thread of its own, by the same pipeline rule), and the
+run's estimate is recorded once planning ends. A crash then leaves a run in `planning`
+with batches created; its rerun keeps those shards and plans the rest around them
+(`planning._resume_planning`).
+
 Everything stays in this process: the registry is per process and per run key, and a
 head start nobody claims is released by `PlanAhead.close`.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -70,16 +79,44 @@ class PlanAhead:
 
     def _plan(self) -> None:
         from lanewise.batch.planning import plan_run_now
+        from lanewise.budgets import may_send_while_planning
+        from lanewise.errors import QuotaExhaustedError
 
+        ctx = dataclasses.replace(self._ctx, lease=self.lease)
+        sender = ShardSender(ctx) if may_send_while_planning(ctx.task) else None
         try:
-            run_id = plan_run_now(self._ctx, self.run_key, self.input_url, self.window)
+            try:
+                run_id = plan_run_now(self._ctx, self.run_key, self.input_url, self.window,
+                                      on_shard=sender.shard_recorded if sender else None)
+            finally:
+                if sender is not None:
+                    sender.finish()  # nothing is sent once planning is over or failed
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims the plan
             self.result.set_exception(exc)
             return
         try:
-            self._send_first_wave(run_id)
+            if sender is not None and isinstance(sender.stopped, QuotaExhaustedError):
+                self.out_of_credit = sender.stopped
+            elif sender is not None and sender.sent:
+                self._record_estimate(ctx, run_id)
+                if sender.stopped is None:
+                    self._send_first_wave(run_id)
+                else:
+                    self.held_log.info("the head start sent no more batches (%s); the run "
+                                       "goes on in its flow", sender.stopped)
+            else:
+                self._send_first_wave(run_id)
         finally:
             self.result.set_result(run_id)  # the flow waits on it, whatever the wave did
+
+    def _record_estimate(self, ctx: LaneContext, run_id: int) -> None:
+        from lanewise.budgets import record_estimate
+
+        try:
+            record_estimate(ctx, run_id)
+        except Exception as exc:  # noqa: BLE001 - an estimate must not stop a paid run
+            self.held_log.warning("could not record the cost estimate of run %s: %s",
+                                  self.run_key, exc)
 
     def wait(self) -> None:
         """Block until the head start is over: planned and its first wave sent (or
@@ -129,6 +166,65 @@ class PlanAhead:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ShardSender:
+    """Sends each shard the moment planning records it, from a thread of its own, so the
+    provider works on the first batches while the rest of the input is planned.
+
+    The same rule as the runner's (`Pipeline`: in order, while the enqueued-token budget
+    has room) decides what goes; a shard that does not fit yet stays `planned` for the
+    first wave or the runner. The first stop (an account out of credit, a refused
+    create, a lost lease) ends the sending: what is left is the runner's, as usual.
+    """
+
+    def __init__(self, ctx: LaneContext) -> None:
+        self.ctx = ctx
+        self.sent = 0
+        self.stopped: Exception | None = None
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pipeline: Any = None
+
+    def shard_recorded(self, run_id: int, shard_id: int) -> None:
+        """Planning recorded this shard: queue it for sending."""
+        if self._thread is None:
+            # Imported here, in the planning thread, before the sender starts: two
+            # threads importing at once can see each other's modules half made.
+            from lanewise.batch.runner import LocalSteps, Pipeline
+
+            self._pipeline = Pipeline(self.ctx, LocalSteps(self.ctx), run_id,
+                                      self.ctx.lease.ensure if self.ctx.lease else _no_fence)
+            # A resumed planning's kept shards count in flight (or are sent first, when
+            # their create was interrupted), so the budget holds across the crash.
+            self._pipeline.load([s["id"] for s in self.ctx.ledger.shards(run_id)
+                                 if s["status"] != "collected" and s["id"] != shard_id])
+            self._thread = threading.Thread(target=self._send, daemon=True,
+                                            name=f"send-{run_id}")
+            self._thread.start()
+        self._queue.put(shard_id)
+
+    def _send(self) -> None:
+        while (shard_id := self._queue.get()) is not None:
+            if self.stopped is not None:
+                continue
+            try:
+                self._pipeline.load([shard_id])
+                before = len(self._pipeline.in_flight)
+                self._pipeline.send_what_fits()
+                self.sent += len(self._pipeline.in_flight) - before
+            except Exception as exc:  # noqa: BLE001 - the first wave or the runner goes on
+                self.stopped = exc
+
+    def finish(self) -> None:
+        """Wait until what was queued is sent (or the sending stopped)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+
+def _no_fence() -> None:
+    """No lease to check (a context without one)."""
 
 
 def take_lease(run_key: str) -> RunLease | None:

@@ -6,7 +6,8 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
@@ -23,6 +24,9 @@ from lanewise.requests import (
 from lanewise.sharding import ClosedShard, LineEncoder, ShardWriter, encode_line
 
 PLAN_CHUNK = 5000
+#: Called with (run id, shard id) as each first-round shard is recorded, while the rest
+#: of the input is still being planned (the head start sends it at once).
+ShardRecorded = Callable[[int, int], None]
 
 
 def _chunks(rows: Iterator[InputRow], size: int) -> Iterator[list[InputRow]]:
@@ -47,13 +51,16 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
 
 
 def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
-                 window: DateWindow | None = None) -> int:
+                 window: DateWindow | None = None,
+                 on_shard: ShardRecorded | None = None) -> int:
     """Open (or resume) the run for `run_key` here; plan it unless planning finished.
 
     A run that has sent nothing may be pointed at another input (a mistyped path is
     fixed by rerunning with the right one); once a batch was sent, the input is fixed.
     A file-level input problem leaves the run with no items, so a corrected rerun is
-    never blocked by it.
+    never blocked by it. With `on_shard`, each shard is handed over as it is recorded,
+    so its batch may be created before planning ends (`plan_ahead`); a run that crashed
+    then resumes planning around the shards it sent (`_resume_planning`).
     """
     task = ctx.task
     run, created = ctx.ledger.open_run(
@@ -72,18 +79,40 @@ def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
         ctx.ledger.reset_planning(run["id"], input_url=input_url)
         run = ctx.ledger.run(run["id"])
     if run["status"] == "planning":
-        if not created:
-            ctx.ledger.reset_planning(run["id"])  # a crash mid-planning: nothing was sent
+        first_index = 0 if created else _resume_planning(ctx, run)
         try:
-            plan_first_round(ctx, run["id"], run_key, input_url, window)
+            plan_first_round(ctx, run["id"], run_key, input_url, window,
+                             first_index=first_index, on_shard=on_shard)
         except InputError:
-            # Unreadable or unusable as a whole: keep nothing that a rerun would trip on.
-            ctx.ledger.reset_planning(run["id"])
+            # Unreadable or unusable as a whole: keep nothing that a rerun would trip on,
+            # unless a batch was sent already (a file failing part way): that plan stays,
+            # and the rerun over the same input resumes it.
+            if not ctx.ledger.sent_shards(run["id"]):
+                ctx.ledger.reset_planning(run["id"])
             raise
         ctx.ledger.set_run(run["id"], status="running")
     else:
         _log_resumed(ctx, run)
     return run["id"]
+
+
+_SHARD_INDEX = re.compile(r"/r0/s(\d+)$")
+
+
+def _resume_planning(ctx: LaneContext, run: dict[str, Any]) -> int:
+    """After a crash mid-planning: forget what nothing sent, keep the shards whose batch
+    was (or may have been) created with their items; returns the index the next
+    first-round shard takes. Planning then reads the input again and skips the rows
+    those shards hold (`plan_first_round`)."""
+    kept = ctx.ledger.forget_unsent_plan(run["id"])
+    if not kept:
+        return 0
+    ctx.log.info("resuming the planning of run %s: %d shard(s) sent while it planned are "
+                 "kept (their batches are reattached, not sent again); the rest of its "
+                 "input is planned again", run["run_key"], len(kept))
+    indexes = [int(found.group(1)) for shard in kept
+               if (found := _SHARD_INDEX.search(shard["shard_key"]))]
+    return max(indexes, default=-1) + 1
 
 
 def _log_resumed(ctx: LaneContext, run: dict[str, Any]) -> None:
@@ -109,15 +138,19 @@ def _same_input(recorded: str, given: str) -> bool:
 
 
 def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str,
-                     window: DateWindow | None) -> None:
-    """Read the input in chunks, record every row, and write round-0 shard files.
+                     window: DateWindow | None, *, first_index: int = 0,
+                     on_shard: ShardRecorded | None = None) -> None:
+    """Read the input in chunks, record every row, and write round-0 shard files
+    (numbered from `first_index`; `on_shard` is told of each as it is recorded).
 
     Every accepted row records its request's content hash. For a task whose cache is
     enabled, a row the result cache answers is recorded `cached` (terminal, zero cost,
     its answer copied, `cached_from` naming the original) and never written to a shard.
+    A row already recorded under its own key and row number belongs to a shard kept
+    from an interrupted planning (`_resume_planning`) and is skipped.
     """
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
-                         ctx.shard_limits, ctx.shard_token_cap)
+                         ctx.shard_limits, ctx.shard_token_cap, first_index=first_index)
     token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
@@ -159,6 +192,9 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
         inserted = ctx.ledger.add_items(run_id, accepted, rejected)  # row number -> item id
         again = [a for a in accepted if a["row_number"] not in inserted]
         first_rows = ctx.ledger.rows_of_keys(run_id, [a["dedup_key"] for a in again])
+        # A row recorded under its own row number was planned before a crash, into a
+        # shard that was sent: it is that row, not a duplicate of it.
+        again = [a for a in again if first_rows.get(a["dedup_key"]) != a["row_number"]]
         duplicates = [_rejection(RowRejection(
             a["row_number"], a["input_key"], ctx.task.input.key,
             f"duplicate key (first at row {first_rows[a['dedup_key']]})"
@@ -174,11 +210,15 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             ref = (inserted[item["row_number"]], item["custom_id"], 0)
             closed = writer.add(ref, line, request.estimated_tokens)
             if closed is not None:
-                _record_shard(ctx, run_id, run_key, 0, closed)
+                shard_id = _record_shard(ctx, run_id, run_key, 0, closed)
+                if on_shard is not None:
+                    on_shard(run_id, shard_id)
                 ctx.crash_hook("mid_plan")
     closed = writer.close()
     if closed is not None:
-        _record_shard(ctx, run_id, run_key, 0, closed)
+        shard_id = _record_shard(ctx, run_id, run_key, 0, closed)
+        if on_shard is not None:
+            on_shard(run_id, shard_id)
     _log_planned(ctx, run_id, input_url, window, read, outside)
 
 

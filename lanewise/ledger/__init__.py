@@ -178,6 +178,26 @@ class Ledger(ItemRecords, ShardRecords, LeaseRecords, LimitRecords, HistoryRecor
                 conn.execute(runs.update().where(runs.c.id == run_id).values(
                     input_url=input_url, status="planning"))
 
+    def forget_unsent_plan(self, run_id: int) -> list[dict[str, Any]]:
+        """Forget what planning made and nothing sent: the shards still `planned` and
+        every item outside the other shards; returns the shards kept (those that got
+        past `planned`: a batch was, or may have been, created for them). One
+        transaction: a crash in it leaves the plan as it was, to forget again."""
+        with self._write() as conn:
+            kept = [dict(row) for row in conn.execute(sa.select(shards).where(
+                shards.c.run_id == run_id, shards.c.status != "planned")
+                .order_by(shards.c.id)).mappings()]
+            kept_ids = [shard["id"] for shard in kept]
+            # Nobody pays twice: the items of a shard that may be at the provider stay,
+            # so the replan skips their rows instead of sending them again.
+            conn.execute(items.delete().where(
+                items.c.run_id == run_id,
+                sa.or_(items.c.shard_id.is_(None), items.c.shard_id.not_in(kept_ids))
+                if kept_ids else sa.true()))
+            conn.execute(shards.delete().where(shards.c.run_id == run_id,
+                                               shards.c.status == "planned"))
+        return kept
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # transactions are begun by the "begin" hook
