@@ -69,10 +69,15 @@ class ShardWriter:
     """Writes lines into successive shard files, closing each at the provider's limits."""
 
     def __init__(self, storage: Storage, prefix: str, limits: BatchLimits,
-                 token_budget: int | None = None, first_index: int = 0) -> None:
+                 token_budget: int | None = None, first_index: int = 0,
+                 ramp_from: int | None = None) -> None:
         self.storage = storage
         self.prefix = prefix
         self.max_requests = limits.max_requests
+        # With `ramp_from`, this writer's first shard closes at that many requests and
+        # each next one at twice the last, up to the limits: shards sent while the rest
+        # is still planned get the provider working at once, then keep it fed.
+        self._ramp = ramp_from
         # Leave headroom under the byte limit for multipart framing on upload.
         self.max_bytes = int(limits.max_bytes * 0.98)
         self.token_budget = token_budget
@@ -92,7 +97,7 @@ class ShardWriter:
         closed = None
         current = self._current
         if current is not None and current.request_count and (
-            current.request_count + 1 > self.max_requests
+            current.request_count + 1 > self._request_cap
             or current.bytes + len(line) > self.max_bytes
             or (self.token_budget is not None
                 and current.estimated_tokens + estimated_tokens > self.token_budget)
@@ -109,6 +114,10 @@ class ShardWriter:
         current.refs.append(ref)
         return closed
 
+    @property
+    def _request_cap(self) -> int:
+        return self.max_requests if self._ramp is None else min(self.max_requests, self._ramp)
+
     def close(self) -> ClosedShard | None:
         """Close the current shard, if any, and return it."""
         if self._current is None:
@@ -116,4 +125,6 @@ class ShardWriter:
         assert self._handle is not None
         self._handle.close()
         closed, self._current, self._handle = self._current, None, None
+        if self._ramp is not None:
+            self._ramp = None if self._ramp >= self.max_requests else self._ramp * 2
         return closed

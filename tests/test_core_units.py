@@ -116,6 +116,27 @@ def test_shard_writer_respects_count_bytes_and_tokens(tmp_path):
     assert all(size <= 196 for size in sizes)
 
 
+def test_a_ramped_shard_writer_starts_small_and_doubles_up_to_the_limits(tmp_path):
+    """Shards sent while planning goes on: the first closes at `ramp_from` requests, each
+    next at twice the last, then at the provider's limits; every line lands once."""
+    storage = Storage(str(tmp_path))
+    writer = ShardWriter(storage, "run/ramp", BatchLimits(20, 10_000_000, None),
+                         token_budget=1_000, ramp_from=3)
+    sizes = []
+    for i in range(70):
+        shard = writer.add(i, encode_line({"custom_id": f"c{i}"}), estimated_tokens=1)
+        if shard:
+            sizes.append(shard.request_count)
+    sizes.append(writer.close().request_count)
+    assert sizes == [3, 6, 12, 20, 20, 9]
+    # The token cap still binds inside the ramp.
+    capped = ShardWriter(storage, "run/capped", BatchLimits(20, 10_000_000, None),
+                         token_budget=5, ramp_from=3)
+    sizes = [s.request_count for i in range(12)
+             if (s := capped.add(i, encode_line({"custom_id": f"c{i}"}), 1))]
+    assert sizes == [3, 5]
+
+
 def test_date_window_and_run_keys():
     window = DateWindow(date(2026, 8, 1), date(2026, 8, 3))
     assert window.contains(datetime(2026, 8, 2, 23, tzinfo=UTC))

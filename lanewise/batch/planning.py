@@ -24,6 +24,10 @@ from lanewise.requests import (
 from lanewise.sharding import ClosedShard, LineEncoder, ShardWriter, encode_line
 
 PLAN_CHUNK = 5000
+#: Requests in the first shard of a plan whose shards are sent as they are recorded
+#: (each next shard twice the last, up to the provider's limits): the provider starts
+#: on it after one chunk is planned, not after a whole 50,000-request shard.
+FIRST_SENT_SHARD_REQUESTS = PLAN_CHUNK // 2
 #: Called with (run id, shard id) as each first-round shard is recorded, while the rest
 #: of the input is still being planned (the head start sends it at once).
 ShardRecorded = Callable[[int, int], None]
@@ -141,7 +145,8 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
                      window: DateWindow | None, *, first_index: int = 0,
                      on_shard: ShardRecorded | None = None) -> None:
     """Read the input in chunks, record every row, and write round-0 shard files
-    (numbered from `first_index`; `on_shard` is told of each as it is recorded).
+    (numbered from `first_index`; `on_shard` is told of each as it is recorded, and
+    then the shards start small and double: `FIRST_SENT_SHARD_REQUESTS`).
 
     Every accepted row records its request's content hash. For a task whose cache is
     enabled, a row the result cache answers is recorded `cached` (terminal, zero cost,
@@ -150,7 +155,8 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
     from an interrupted planning (`_resume_planning`) and is skipped.
     """
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
-                         ctx.shard_limits, ctx.shard_token_cap, first_index=first_index)
+                         ctx.shard_limits, ctx.shard_token_cap, first_index=first_index,
+                         ramp_from=FIRST_SENT_SHARD_REQUESTS if on_shard else None)
     token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
