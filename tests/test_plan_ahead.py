@@ -273,3 +273,50 @@ def test_a_crash_mid_planning_keeps_the_batches_sent_and_plans_the_rest(
     assert len({s["shard_key"] for s in shards}) == len(shards) == 6
     assert batches_created(emulator) - created_before == len(shards)
     assert created_by_crash == len(kept)
+
+
+def test_the_head_start_collects_what_ends_before_the_flow_takes_over(emulator, tmp_path):
+    """Until the plan step claims the run, the head start awaits and collects its batches
+    (and sends what then fits), so nothing ended waits for Prefect's start; the runner
+    then finds them collected and only finishes the run."""
+    ctx = _budget_free_context(emulator, tmp_path)
+    input_url = sample_input(tmp_path)
+    created_before = batches_created(emulator)
+    with PlanAhead(ctx, "tagging:driven", input_url, None) as ahead:
+        run_id = ahead.result.result(timeout=60)
+        ahead._thread.join(timeout=60)  # nothing claims the run: it drives to the end
+        assert not ahead._thread.is_alive()
+        assert {s["status"] for s in ctx.ledger.shards(run_id)} == {"collected"}
+        summary = run_batch_lane(ctx, "tagging:driven", input_url)
+    check_run(ctx, emulator, summary)
+    assert batches_created(emulator) - created_before == len(ctx.ledger.shards(run_id))
+    assert any("collected shard" in msg for _, msg, _ in ahead.held_log.records)
+
+
+def test_the_flow_takes_a_driven_run_over_between_two_polls(emulator, tmp_path):
+    """Batches still running when the plan step claims the run: the head start stops in
+    its wait between polls (it does not wait for them), and the runner awaits the same
+    batches: none created twice, every row once, the cost equal to the bill."""
+    import time
+
+    ctx = _budget_free_context(emulator, tmp_path)
+    input_url = sample_input(tmp_path)
+    timing = emulator.state.config.timing
+    was = timing.batch_seconds
+    timing.batch_seconds = 3.0
+    created_before = batches_created(emulator)
+    try:
+        with PlanAhead(ctx, "tagging:handed", input_url, None) as ahead:
+            run_id = ahead.result.result(timeout=60)
+            time.sleep(0.3)  # the head start is now waiting for its batches
+            started = time.monotonic()
+            assert open_run(ctx, "tagging:handed", input_url) == run_id
+            assert time.monotonic() - started < 2.0  # not held until a batch ended
+            assert not ahead._thread.is_alive()
+            in_flight = [s for s in ctx.ledger.shards(run_id) if s["status"] == "submitted"]
+            assert in_flight
+            summary = run_batch_lane(ctx, "tagging:handed", input_url)
+    finally:
+        timing.batch_seconds = was
+    check_run(ctx, emulator, summary)
+    assert batches_created(emulator) - created_before == len(ctx.ledger.shards(run_id))

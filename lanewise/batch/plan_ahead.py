@@ -67,6 +67,8 @@ class PlanAhead:
         # the plan step replays these records into the flow run's logs.
         self.held_log = HeldLog()
         self._ctx = dataclasses.replace(ctx, log=self.held_log)
+        self._thread: threading.Thread | None = None
+        self._handover = threading.Event()  # the flow took the run over: stop driving
 
     def start(self) -> PlanAhead:
         """Take the lease (RunBusyError at once if another process drives the run key:
@@ -74,7 +76,9 @@ class PlanAhead:
         self.lease.acquire()
         with _lock:
             _started[self.run_key] = self
-        threading.Thread(target=self._plan, daemon=True, name=f"plan-{self.run_key}").start()
+        self._thread = threading.Thread(target=self._plan, daemon=True,
+                                        name=f"plan-{self.run_key}")
+        self._thread.start()
         return self
 
     def _plan(self) -> None:
@@ -94,20 +98,25 @@ class PlanAhead:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims the plan
             self.result.set_exception(exc)
             return
+        drive = False
         try:
             if sender is not None and isinstance(sender.stopped, QuotaExhaustedError):
                 self.out_of_credit = sender.stopped
             elif sender is not None and sender.sent:
                 self._record_estimate(ctx, run_id)
                 if sender.stopped is None:
-                    self._send_first_wave(run_id)
+                    drive = self._send_first_wave(run_id)
                 else:
                     self.held_log.info("the head start sent no more batches (%s); the run "
                                        "goes on in its flow", sender.stopped)
             else:
-                self._send_first_wave(run_id)
+                drive = self._send_first_wave(run_id)
+            if drive:
+                self._warm_collect_imports()
         finally:
             self.result.set_result(run_id)  # the flow waits on it, whatever the wave did
+        if drive:
+            self._drive(run_id)
 
     def _record_estimate(self, ctx: LaneContext, run_id: int) -> None:
         from lanewise.budgets import record_estimate
@@ -119,20 +128,21 @@ class PlanAhead:
                                   self.run_key, exc)
 
     def wait(self) -> None:
-        """Block until the head start is over: planned and its first wave sent (or
-        stopped); its outcome is the flow's to see. The CLI imports Prefect and starts
-        the flow only then: planning is CPU work in this process and so are those, so
-        done together they delayed the first batch; done after, they overlap the
-        provider's work on it. (Nor do two threads import at once: a module one thread
-        is importing can look half-made to the other.)"""
+        """Block until the head start's plan is over: planned and its first wave sent
+        (or stopped); its outcome is the flow's to see. The CLI imports Prefect and
+        starts the flow only then: planning is CPU work in this process and so are
+        those, so done together they delayed the first batch; done after, they overlap
+        the provider's work on it. (Nor do two threads import at once: a module one
+        thread is importing can look half-made to the other. What the head start goes
+        on doing meanwhile, `_drive`, imports nothing new.)"""
         self.result.exception()
 
-    def _send_first_wave(self, run_id: int) -> None:
+    def _send_first_wave(self, run_id: int) -> bool:
         """Send what fits the enqueued-token budget now (the runner's own rule:
         `Pipeline.send_what_fits`, batches already in flight counted), once the run
         passes its budget check; a stop is logged and left to the runner, which meets it
         again in the flow (an account out of credit is handed over instead, so the
-        provider is asked once)."""
+        provider is asked once). True when the wave went without a stop."""
         from lanewise.batch.runner import LocalSteps, Pipeline
         from lanewise.budgets import check_run
         from lanewise.errors import QuotaExhaustedError
@@ -149,14 +159,56 @@ class PlanAhead:
         except Exception as exc:  # noqa: BLE001 - the runner meets it again, in the flow
             self.held_log.info("the head start sent no more batches (%s); the run goes "
                                "on in its flow", exc)
+        else:
+            return True
+        return False
+
+    @staticmethod
+    def _warm_collect_imports() -> None:
+        """Import, in this thread and before the CLI imports Prefect in its own, what
+        awaiting and collecting batches need (`_drive`)."""
+        from lanewise.batch.results import warm_results_imports
+        from lanewise.schema_check import quick_check  # noqa: F401 - imported for collect
+
+        warm_results_imports()
+
+    def _drive(self, run_id: int) -> None:
+        """Until the flow's plan step takes the run over (`hand_over`), go on as its
+        runner would: await the batches in flight, collect each as it ends and send
+        what then fits, so the provider is not left idle and no ended batch waits while
+        Prefect starts. A step is never cut short: the hand-over comes only in a wait
+        between polls, and the runner then finds every shard where its state puts it,
+        as a resumed run's. Anything that stops this is logged; the runner goes on."""
+        from lanewise.batch.runner import LocalSteps, Pipeline
+
+        ctx = dataclasses.replace(self._ctx, lease=self.lease, sleep=self._sleep)
+        try:
+            Pipeline(ctx, LocalSteps(ctx), run_id, self.lease.ensure).run(
+                [s["id"] for s in ctx.ledger.shards(run_id) if s["status"] != "collected"])
+        except _HandedOver:
+            return
+        except Exception as exc:  # noqa: BLE001 - the runner meets it again, in the flow
+            self.held_log.info("the head start stopped driving the run (%s); its flow "
+                               "goes on", exc)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._handover.wait(seconds):
+            raise _HandedOver
+
+    def hand_over(self) -> None:
+        """Stop driving the run after the step under way, and wait for that."""
+        self._handover.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def close(self) -> None:
         """Release the lease unless the runner took it over; wait for the thread, so
-        nothing plans after the command ends."""
+        nothing plans or drives the run after the command ends."""
         with _lock:
             _started.pop(self.run_key, None)
         try:
             self.wait()
+            self.hand_over()
         finally:
             if not self.claimed:
                 self.lease.release()
@@ -223,6 +275,10 @@ class ShardSender:
             self._thread.join()
 
 
+class _HandedOver(BaseException):  # noqa: N818 - not an error: a signal to stop
+    """The flow took the run over: the head start stops between two polls."""
+
+
 def _no_fence() -> None:
     """No lease to check (a context without one)."""
 
@@ -283,6 +339,7 @@ def planned_run(run_key: str, input_url: str, window: DateWindow | None,
         # Once only: a retried plan step plans for itself (resuming what this one did).
         ahead.consumed = True
     ahead.wait()
+    ahead.hand_over()  # the caller drives the run from here on
     if log is not None:
         ahead.held_log.replay(log)
     if ahead.out_of_credit is not None:
