@@ -16,6 +16,9 @@ resumed run's, and awaits and collects them; their submits have no Prefect task 
 their own, but their log records ("created batch ...") are replayed into the flow run's
 logs. Anything that stops the wave (a refused budget, an account out of credit) leaves
 the shards as the runner expects them, and the runner meets the same stop in the flow.
+After a wave without a stop, the head start goes on driving the run as the runner
+would (await, collect, send what fits: `_drive`) until the flow's plan step takes it
+over (`hand_over`, which stops it in a wait between two polls, never inside a step).
 
 A task with no budget has nothing that could refuse its whole run
 (`lanewise.budgets.may_send_while_planning`), so it need not wait for the whole plan:
