@@ -9,7 +9,7 @@ from lanewise.batch import plan_ahead
 from lanewise.batch.plan_ahead import PlanAhead
 from lanewise.batch.planning import open_run
 from lanewise.batch.runner import run_batch_lane
-from lanewise.errors import InputError, RunBusyError
+from lanewise.errors import ConfigurationError, InputError, RunBusyError
 from lanewise.ledger.lease import RunLease
 from tests.lane_helpers import batches_created, make_context, sample_input
 from tests.test_batch_lane import check_run
@@ -234,11 +234,9 @@ def test_a_task_without_a_budget_sends_its_shards_while_it_plans(emulator, tmp_p
     assert len(shards) == 6 and batches_created(emulator) - created_before == len(shards)
 
 
-def test_a_crash_mid_planning_keeps_the_batches_sent_and_plans_the_rest(
-        emulator, tmp_path, ledger_url):
-    """Killed while planning, after batches were created for its first shards: the rerun
-    keeps those shards (reattached, not sent again), forgets the rest of the plan, skips
-    the rows those shards hold, and ends with every row exactly once, paid once."""
+def _crash_mid_planning(ctx, run_key, input_url, sent=2):
+    """Plan `run_key` with a head start that is killed (planning's thread) at the third
+    shard, once `sent` batches were created while it planned."""
     from tests.lane_helpers import SimulatedCrash
 
     reached = {"n": 0}
@@ -247,25 +245,43 @@ def test_a_crash_mid_planning_keeps_the_batches_sent_and_plans_the_rest(
         if point == "mid_plan":
             reached["n"] += 1
             if reached["n"] == 3:
-                _wait_for_batches(ctx, "tagging:killed", 2)
+                _wait_for_batches(ctx, run_key, sent)
                 raise SimulatedCrash(point)
 
-    ctx = _budget_free_context(emulator, tmp_path, ledger_url, crash_hook=hook)
-    input_url = sample_input(tmp_path)
-    created_before = batches_created(emulator)
-    with PlanAhead(ctx, "tagging:killed", input_url, None) as ahead:
+    ctx.crash_hook = hook
+    with PlanAhead(ctx, run_key, input_url, None) as ahead:
         with pytest.raises(SimulatedCrash):
             ahead.result.result(timeout=60)
-    run = ctx.ledger.run_by_key("tagging:killed")
-    assert run["status"] == "planning"
-    kept = {s["shard_key"]: s["provider_batch_id"] for s in _sent(ctx, "tagging:killed")}
+    ctx.crash_hook = lambda point: None
+    assert ctx.ledger.run_by_key(run_key)["status"] == "planning"
+    return {s["shard_key"]: s["provider_batch_id"] for s in _sent(ctx, run_key)}
+
+
+def test_a_crash_mid_planning_keeps_the_batches_sent_and_plans_the_rest(
+        emulator, tmp_path, ledger_url, monkeypatch):
+    """Killed while planning, after batches were created for its first shards: the rerun
+    (a head start again) keeps those shards (reattached, not sent again), forgets the
+    rest of the plan, skips the rows those shards hold, and ends with every row exactly
+    once, paid once. Chunks of 7 rows: the duplicate of row 1 (row 58) is found in the
+    ledger, not within its chunk."""
+    from lanewise.batch import planning
+
+    monkeypatch.setattr(planning, "PLAN_CHUNK", 7)
+    ctx = _budget_free_context(emulator, tmp_path, ledger_url)
+    input_url = sample_input(tmp_path)
+    created_before = batches_created(emulator)
+    kept = _crash_mid_planning(ctx, "tagging:killed", input_url)
     assert len(kept) >= 2
     created_by_crash = batches_created(emulator) - created_before
-    ctx.crash_hook = lambda point: None
-    summary = run_batch_lane(ctx, "tagging:killed", input_url)
+    with PlanAhead(ctx, "tagging:killed", input_url, None) as ahead:
+        ahead.wait()
+        summary = run_batch_lane(ctx, "tagging:killed", input_url)
+    assert any("sent while it planned are kept" in msg for _, msg, _ in ahead.held_log.records)
     check_run(ctx, emulator, summary)
     assert "row 58, field 'ticket_id': duplicate key (first at row 1)" in {
         r for _, r, _ in summary.reasons}
+    run = ctx.ledger.run_by_key("tagging:killed")
+    assert run["estimate_upper_picodollars"] > 0
     shards = ctx.ledger.shards(run["id"])
     # The kept shards kept their batches; every other shard got exactly one.
     assert {s["shard_key"]: s["provider_batch_id"] for s in shards
@@ -273,6 +289,26 @@ def test_a_crash_mid_planning_keeps_the_batches_sent_and_plans_the_rest(
     assert len({s["shard_key"] for s in shards}) == len(shards) == 6
     assert batches_created(emulator) - created_before == len(shards)
     assert created_by_crash == len(kept)
+
+
+def test_an_input_changed_under_batches_sent_while_planning_stops_the_resume(
+        emulator, tmp_path):
+    """The rows of kept shards must still be there as they were sent: a file rewritten
+    in place stops the rerun with the row and both keys, and touches nothing."""
+    import pandas as pd
+
+    ctx = _budget_free_context(emulator, tmp_path)
+    input_url = sample_input(tmp_path)
+    kept = _crash_mid_planning(ctx, "tagging:changed", input_url)
+    frame = pd.read_parquet(input_url)
+    frame.loc[0, "ticket_id"] = "T-REPLACED"
+    frame.to_parquet(input_url)
+    created = batches_created(emulator)
+    with pytest.raises(ConfigurationError, match="row 1 held key .* now holds key 'T-REPLACED'"):
+        run_batch_lane(ctx, "tagging:changed", input_url)
+    assert batches_created(emulator) == created
+    assert {s["shard_key"]: s["provider_batch_id"]
+            for s in _sent(ctx, "tagging:changed")} == kept
 
 
 def test_the_head_start_collects_what_ends_before_the_flow_takes_over(emulator, tmp_path):
@@ -309,6 +345,7 @@ def test_the_flow_takes_a_driven_run_over_between_two_polls(emulator, tmp_path):
         with PlanAhead(ctx, "tagging:handed", input_url, None) as ahead:
             run_id = ahead.result.result(timeout=60)
             time.sleep(0.3)  # the head start is now waiting for its batches
+            assert ahead._thread.is_alive()  # planned, and driving the run
             started = time.monotonic()
             assert open_run(ctx, "tagging:handed", input_url) == run_id
             assert time.monotonic() - started < 2.0  # not held until a batch ended

@@ -72,11 +72,18 @@ class PlanAhead:
         self._ctx = dataclasses.replace(ctx, log=self.held_log)
         self._thread: threading.Thread | None = None
         self._handover = threading.Event()  # the flow took the run over: stop driving
+        self.spent_before = 0
 
     def start(self) -> PlanAhead:
         """Take the lease (RunBusyError at once if another process drives the run key:
         nothing was touched), then plan in a thread."""
         self.lease.acquire()
+        # What the run had cost before this command: its flow's summary says what this
+        # attempt spent, and by the time the flow starts, the head start may have
+        # collected batches already.
+        run = self._ctx.ledger.run_by_key(self.run_key)
+        self.spent_before = 0 if run is None else \
+            self._ctx.ledger.totals(run["id"])["cost_picodollars"]
         with _lock:
             _started[self.run_key] = self
         self._thread = threading.Thread(target=self._plan, daemon=True,
@@ -94,10 +101,10 @@ class PlanAhead:
         try:
             try:
                 run_id = plan_run_now(self._ctx, self.run_key, self.input_url, self.window,
-                                      on_shard=sender.shard_recorded if sender else None)
+                                      outlet=sender)
             finally:
                 if sender is not None:
-                    sender.finish()  # nothing is sent once planning is over or failed
+                    sender.finish()  # what planning queued is sent, or the sending stopped
         except BaseException as exc:  # noqa: BLE001 - handed to whoever claims the plan
             self.result.set_exception(exc)
             return
@@ -105,30 +112,19 @@ class PlanAhead:
         try:
             if sender is not None and isinstance(sender.stopped, QuotaExhaustedError):
                 self.out_of_credit = sender.stopped
-            elif sender is not None and sender.sent:
-                self._record_estimate(ctx, run_id)
-                if sender.stopped is None:
-                    drive = self._send_first_wave(run_id)
-                else:
-                    self.held_log.info("the head start sent no more batches (%s); the run "
-                                       "goes on in its flow", sender.stopped)
             else:
+                if sender is not None and sender.stopped is not None:
+                    self.held_log.info("the head start stopped sending while it planned "
+                                       "(%s)", sender.stopped)
+                # The budget check, or for a run that sent while it planned, its estimate
+                # (`check_run`), then what fits now.
                 drive = self._send_first_wave(run_id)
             if drive:
                 self._warm_collect_imports()
         finally:
             self.result.set_result(run_id)  # the flow waits on it, whatever the wave did
-        if drive:
+        if drive and not self._handover.is_set():
             self._drive(run_id)
-
-    def _record_estimate(self, ctx: LaneContext, run_id: int) -> None:
-        from lanewise.budgets import record_estimate
-
-        try:
-            record_estimate(ctx, run_id)
-        except Exception as exc:  # noqa: BLE001 - an estimate must not stop a paid run
-            self.held_log.warning("could not record the cost estimate of run %s: %s",
-                                  self.run_key, exc)
 
     def wait(self) -> None:
         """Block until the head start's plan is over: planned and its first wave sent
@@ -169,11 +165,18 @@ class PlanAhead:
     @staticmethod
     def _warm_collect_imports() -> None:
         """Import, in this thread and before the CLI imports Prefect in its own, what
-        awaiting and collecting batches need (`_drive`)."""
+        awaiting and collecting batches need (`_drive`), and httpx: the openai SDK (on
+        httpx2) looks at `sys.modules["httpx"]` on every request, and met the module
+        half made while Prefect was importing it ("partially initialized module 'httpx'
+        has no attribute 'Response'": a bench run's driving stopped on it)."""
         from lanewise.batch.results import warm_results_imports
         from lanewise.schema_check import quick_check  # noqa: F401 - imported for collect
 
         warm_results_imports()
+        try:
+            import httpx  # noqa: F401 - imported whole before Prefect imports it
+        except ImportError:
+            pass
 
     def _drive(self, run_id: int) -> None:
         """Until the flow's plan step takes the run over (`hand_over`), go on as its
@@ -183,13 +186,18 @@ class PlanAhead:
         between polls, and the runner then finds every shard where its state puts it,
         as a resumed run's. Anything that stops this is logged; the runner goes on."""
         from lanewise.batch.runner import LocalSteps, Pipeline
+        from lanewise.errors import QuotaExhaustedError
 
         ctx = dataclasses.replace(self._ctx, lease=self.lease, sleep=self._sleep)
         try:
-            Pipeline(ctx, LocalSteps(ctx), run_id, self.lease.ensure).run(
+            # The pipeline checks this fence before every collect and every await: the
+            # flow's claim stops it there too, not only in a wait between polls.
+            Pipeline(ctx, LocalSteps(ctx), run_id, self._fence).run(
                 [s["id"] for s in ctx.ledger.shards(run_id) if s["status"] != "collected"])
         except _HandedOver:
             return
+        except QuotaExhaustedError as exc:
+            self.out_of_credit = exc  # the flow stops with it: the provider is asked once
         except Exception as exc:  # noqa: BLE001 - the runner meets it again, in the flow
             self.held_log.info("the head start stopped driving the run (%s); its flow "
                                "goes on", exc)
@@ -198,8 +206,14 @@ class PlanAhead:
         if self._handover.wait(seconds):
             raise _HandedOver
 
+    def _fence(self) -> None:
+        if self._handover.is_set():
+            raise _HandedOver
+        self.lease.ensure()
+
     def hand_over(self) -> None:
-        """Stop driving the run after the step under way, and wait for that."""
+        """Stop driving the run after the step under way (a collect, a submit or a
+        poll), and wait for that."""
         self._handover.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
@@ -235,7 +249,6 @@ class ShardSender:
 
     def __init__(self, ctx: LaneContext) -> None:
         self.ctx = ctx
-        self.sent = 0
         self.stopped: Exception | None = None
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -265,11 +278,16 @@ class ShardSender:
                 continue
             try:
                 self._pipeline.load([shard_id])
-                before = len(self._pipeline.in_flight)
                 self._pipeline.send_what_fits()
-                self.sent += len(self._pipeline.in_flight) - before
             except Exception as exc:  # noqa: BLE001 - the first wave or the runner goes on
                 self.stopped = exc
+
+    def abort(self) -> None:
+        """Send nothing more (what is queued stays `planned`), and return once the send
+        under way, if any, is over."""
+        if self.stopped is None:
+            self.stopped = _Aborted("planning failed")
+        self.finish()
 
     def finish(self) -> None:
         """Wait until what was queued is sent (or the sending stopped)."""
@@ -278,12 +296,24 @@ class ShardSender:
             self._thread.join()
 
 
+class _Aborted(Exception):  # noqa: N818 - why a sender stopped, not raised
+    """Why a `ShardSender` sent nothing more."""
+
+
 class _HandedOver(BaseException):  # noqa: N818 - not an error: a signal to stop
     """The flow took the run over: the head start stops between two polls."""
 
 
 def _no_fence() -> None:
     """No lease to check (a context without one)."""
+
+
+def spent_before(run_key: str) -> int | None:
+    """What the run had cost (picodollars) when this process's head start on it began;
+    None when there is none."""
+    with _lock:
+        ahead = _started.get(run_key)
+    return None if ahead is None else ahead.spent_before
 
 
 def take_lease(run_key: str) -> RunLease | None:

@@ -7,12 +7,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from lanewise.batch.context import DateWindow, LaneContext, storage_prefix
 from lanewise.cache import RequestHasher, batch_savings, lookup_many
-from lanewise.errors import ConfigurationError, InputError
+from lanewise.errors import ConfigurationError, InputError, LedgerError
 from lanewise.inputs import InputRow, read_rows
 from lanewise.requests import (
     PreparedRequest,
@@ -30,9 +30,17 @@ PLAN_CHUNK = 5000
 #: 2,500, a 20,000-row run sent four batches whose uploads slowed its own planning:
 #: 100,000 rows gained 0.6 s more, 20,000 rows lost 0.4 s.)
 FIRST_SENT_SHARD_REQUESTS = PLAN_CHUNK * 2
-#: Called with (run id, shard id) as each first-round shard is recorded, while the rest
-#: of the input is still being planned (the head start sends it at once).
-ShardRecorded = Callable[[int, int], None]
+
+
+class ShardOutlet(Protocol):
+    """Where first-round shards go as planning records them, while the rest of the
+    input is still planned (the head start's `ShardSender` sends each at once)."""
+
+    def shard_recorded(self, run_id: int, shard_id: int) -> None:
+        """Planning recorded this shard."""
+
+    def abort(self) -> None:
+        """Send nothing more, and return once nothing is being sent."""
 
 
 def _chunks(rows: Iterator[InputRow], size: int) -> Iterator[list[InputRow]]:
@@ -58,13 +66,13 @@ def open_run(ctx: LaneContext, run_key: str, input_url: str,
 
 def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
                  window: DateWindow | None = None,
-                 on_shard: ShardRecorded | None = None) -> int:
+                 outlet: ShardOutlet | None = None) -> int:
     """Open (or resume) the run for `run_key` here; plan it unless planning finished.
 
     A run that has sent nothing may be pointed at another input (a mistyped path is
     fixed by rerunning with the right one); once a batch was sent, the input is fixed.
     A file-level input problem leaves the run with no items, so a corrected rerun is
-    never blocked by it. With `on_shard`, each shard is handed over as it is recorded,
+    never blocked by it. With an `outlet`, each shard is handed over as it is recorded,
     so its batch may be created before planning ends (`plan_ahead`); a run that crashed
     then resumes planning around the shards it sent (`_resume_planning`).
     """
@@ -85,14 +93,18 @@ def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
         ctx.ledger.reset_planning(run["id"], input_url=input_url)
         run = ctx.ledger.run(run["id"])
     if run["status"] == "planning":
-        first_index = 0 if created else _resume_planning(ctx, run)
+        first_index, kept_rows = (0, {}) if created else _resume_planning(ctx, run)
         try:
             plan_first_round(ctx, run["id"], run_key, input_url, window,
-                             first_index=first_index, on_shard=on_shard)
+                             first_index=first_index, outlet=outlet, kept_rows=kept_rows)
         except InputError:
             # Unreadable or unusable as a whole: keep nothing that a rerun would trip on,
             # unless a batch was sent already (a file failing part way): that plan stays,
-            # and the rerun over the same input resumes it.
+            # and the rerun over the same input resumes it. Nothing may be sending
+            # while that is decided: a shard claimed after the check would lose its
+            # ledger rows to the reset while its batch is created.
+            if outlet is not None:
+                outlet.abort()
             if not ctx.ledger.sent_shards(run["id"]):
                 ctx.ledger.reset_planning(run["id"])
             raise
@@ -105,20 +117,27 @@ def plan_run_now(ctx: LaneContext, run_key: str, input_url: str,
 _SHARD_INDEX = re.compile(r"/r0/s(\d+)$")
 
 
-def _resume_planning(ctx: LaneContext, run: dict[str, Any]) -> int:
+def _resume_planning(ctx: LaneContext, run: dict[str, Any]) -> tuple[int, dict[int, str]]:
     """After a crash mid-planning: forget what nothing sent, keep the shards whose batch
-    was (or may have been) created with their items; returns the index the next
-    first-round shard takes. Planning then reads the input again and skips the rows
-    those shards hold (`plan_first_round`)."""
+    was (or may have been) created with their items. Returns the index the next
+    first-round shard takes and {row number: key} of the rows those shards hold, which
+    planning then skips as it reads the input again (`plan_first_round`)."""
     kept = ctx.ledger.forget_unsent_plan(run["id"])
     if not kept:
-        return 0
+        return 0, {}
     ctx.log.info("resuming the planning of run %s: %d shard(s) sent while it planned are "
                  "kept (their batches are reattached, not sent again); the rest of its "
                  "input is planned again", run["run_key"], len(kept))
-    indexes = [int(found.group(1)) for shard in kept
-               if (found := _SHARD_INDEX.search(shard["shard_key"]))]
-    return max(indexes, default=-1) + 1
+    indexes = []
+    for shard in kept:
+        found = _SHARD_INDEX.search(shard["shard_key"])
+        if found is None:  # every first-round key is made by `_record_shard`
+            raise LedgerError(f"shard {shard['shard_key']!r} of run {run['run_key']!r} is "
+                              "not a first-round shard key")
+        indexes.append(int(found.group(1)))
+    kept_rows = {item["row_number"]: item["dedup_key"] for item in ctx.ledger.iter_items(
+        run["id"], columns=("row_number", "dedup_key"))}
+    return max(indexes) + 1, kept_rows
 
 
 def _log_resumed(ctx: LaneContext, run: dict[str, Any]) -> None:
@@ -145,20 +164,23 @@ def _same_input(recorded: str, given: str) -> bool:
 
 def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str,
                      window: DateWindow | None, *, first_index: int = 0,
-                     on_shard: ShardRecorded | None = None) -> None:
+                     outlet: ShardOutlet | None = None,
+                     kept_rows: dict[int, str] | None = None) -> None:
     """Read the input in chunks, record every row, and write round-0 shard files
-    (numbered from `first_index`; `on_shard` is told of each as it is recorded, and
-    then the shards start small and double: `FIRST_SENT_SHARD_REQUESTS`).
+    (numbered from `first_index`; with an `outlet`, each is handed to it as it is
+    recorded, and the shards start small and double: `FIRST_SENT_SHARD_REQUESTS`).
 
     Every accepted row records its request's content hash. For a task whose cache is
     enabled, a row the result cache answers is recorded `cached` (terminal, zero cost,
     its answer copied, `cached_from` naming the original) and never written to a shard.
-    A row already recorded under its own key and row number belongs to a shard kept
-    from an interrupted planning (`_resume_planning`) and is skipped.
+    The rows of `kept_rows` (row number -> key) are in shards kept from an interrupted
+    planning (`_resume_planning`): skipped, once their key is checked unchanged (an
+    input that changed under batches already sent stops the run: ConfigurationError).
     """
+    kept_rows = kept_rows or {}
     writer = ShardWriter(ctx.storage, f"{storage_prefix(run_key)}/r0/shard",
                          ctx.shard_limits, ctx.shard_token_cap, first_index=first_index,
-                         ramp_from=FIRST_SENT_SHARD_REQUESTS if on_shard else None)
+                         ramp_from=FIRST_SENT_SHARD_REQUESTS if outlet else None)
     token = ctx.ledger.run(run_id)["token"]
     date_column = ctx.task.input.date_column
     encoder = LineEncoder(ctx.adapter, ctx.task)
@@ -180,6 +202,9 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
                 if inside is None and row.problem is None:
                     row.problem = (date_column, "missing or unreadable date")
             outcome = prepare(ctx.task, row)
+            if row.number in kept_rows:
+                _check_kept_row(row.number, kept_rows[row.number], outcome, input_url)
+                continue  # recorded, and in a shard whose batch was created
             if isinstance(outcome, RowRejection):
                 rejected.append(_rejection(outcome))
                 continue
@@ -200,9 +225,6 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
         inserted = ctx.ledger.add_items(run_id, accepted, rejected)  # row number -> item id
         again = [a for a in accepted if a["row_number"] not in inserted]
         first_rows = ctx.ledger.rows_of_keys(run_id, [a["dedup_key"] for a in again])
-        # A row recorded under its own row number was planned before a crash, into a
-        # shard that was sent: it is that row, not a duplicate of it.
-        again = [a for a in again if first_rows.get(a["dedup_key"]) != a["row_number"]]
         duplicates = [_rejection(RowRejection(
             a["row_number"], a["input_key"], ctx.task.input.key,
             f"duplicate key (first at row {first_rows[a['dedup_key']]})"
@@ -219,15 +241,28 @@ def plan_first_round(ctx: LaneContext, run_id: int, run_key: str, input_url: str
             closed = writer.add(ref, line, request.estimated_tokens)
             if closed is not None:
                 shard_id = _record_shard(ctx, run_id, run_key, 0, closed)
-                if on_shard is not None:
-                    on_shard(run_id, shard_id)
+                if outlet is not None:
+                    outlet.shard_recorded(run_id, shard_id)
                 ctx.crash_hook("mid_plan")
     closed = writer.close()
     if closed is not None:
         shard_id = _record_shard(ctx, run_id, run_key, 0, closed)
-        if on_shard is not None:
-            on_shard(run_id, shard_id)
+        if outlet is not None:
+            outlet.shard_recorded(run_id, shard_id)
     _log_planned(ctx, run_id, input_url, window, read, outside)
+
+
+def _check_kept_row(number: int, key: str, outcome: PreparedRequest | RowRejection,
+                    input_url: str) -> None:
+    """A row of a kept shard must still be the row that was sent."""
+    now = outcome.key if isinstance(outcome, PreparedRequest) else None
+    if now != key:
+        found = f"key {now!r}" if now is not None else "a row it now rejects"
+        raise ConfigurationError(
+            f"{input_url} changed since batches were sent from it: row {number} held key "
+            f"{key!r} and now holds {found}. A run's input is fixed once a batch is sent: "
+            "put the file back as it was to resume the run, or run the new file under a "
+            "new run key.")
 
 
 def _answer_from_cache(ctx: LaneContext, accepted: list[dict[str, Any]]) -> int:

@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 # context_for lives in the context module (the CLI builds a context before it imports
 # Prefect) and is used from here by the name it always had: one cache either way.
+from lanewise.batch import plan_ahead
 from lanewise.batch.context import DateWindow, LaneContext, context_for
 from lanewise.batch.planning import open_run
 from lanewise.batch.progress import PrefectProgress, RunLog, artifact_key
@@ -187,6 +188,8 @@ def run_in_prefect(task_name: str, run_key: str, input_url: str,
     label = run_key if window is None else f"{task_name} {window.start}" \
         if window.start == window.end else f"{task_name} {window.start}..{window.end}"
     ctx.progress = PrefectProgress(run_key, artifact_key(task_name, LANE, "progress"), label)
-    spent_before = run_cost_picodollars(ctx, run_key)
+    spent_before = plan_ahead.spent_before(run_key)
+    if spent_before is None:
+        spent_before = run_cost_picodollars(ctx, run_key)
     return run_batch_lane(ctx, run_key, input_url, window,
                           PrefectSteps(task_name, spent_before))
