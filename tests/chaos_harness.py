@@ -118,7 +118,8 @@ class ChaosReport:
 
     def line(self) -> str:
         """One printable line of figures."""
-        shown = (*PHASES, *(p for p in ("in_flight", "time") if p in self.kills_by_phase))
+        shown = (*PHASES, *(p for p in ("sent_while_planning", "in_flight", "time")
+                            if p in self.kills_by_phase))
         phases = ", ".join(f"{p} {self.kills_by_phase.get(p, 0)}" for p in shown)
         return (f"{self.task} on {self.ledger}: {self.rows:,} rows, {self.kills} kills "
                 f"({phases}), {self.runs} runs in {self.seconds:.0f} s; {self.shards} shards, "
@@ -178,6 +179,8 @@ def _in_phase(phase: str, now: dict[str, int], start: dict[str, int]) -> bool:
         return False
     if phase == "planning":
         return now["run_status"] == "planning" and now["items"] > 0
+    if phase == "sent_while_planning":  # a task with no budget sends as it plans
+        return now["run_status"] == "planning" and now["with_batch"] > 0
     if phase == "submitting":
         return now["submitting"] > 0 or now["with_batch"] > start.get("with_batch", 0)
     if phase == "awaiting":
@@ -193,7 +196,7 @@ def _still_possible(phase: str, now: dict[str, int]) -> str:
     holds them back), so every planned kill lands somewhere in the remaining work."""
     if not now:
         return phase
-    if phase == "planning" and now["run_status"] != "planning":
+    if phase in ("planning", "sent_while_planning") and now["run_status"] != "planning":
         return "time"
     if phase == "submitting" and now["planned_or_submitting"] == 0:
         return "time"
@@ -201,35 +204,42 @@ def _still_possible(phase: str, now: dict[str, int]) -> str:
 
 
 def _wait_and_kill(process: subprocess.Popen, probe: LedgerProbe, phase: str,
-                   rng: random.Random, timeout: float) -> bool:
+                   rng: random.Random, timeout: float) -> str | None:
     """Kill the process once the ledger shows `phase` (after a random extra delay up to
-    a quarter second), or at a random moment when `phase` is "time"; False when the
-    process ended first."""
+    a quarter second), or at a random moment when `phase` is "time" (or becomes
+    impossible while waiting: the run left planning); the phase it was killed in, or
+    None when the process ended first."""
     start = probe.phase_counts()
     deadline = time.monotonic() + timeout
+    if phase != "time":
+        while not _in_phase(phase, now := probe.phase_counts(), start):
+            if process.poll() is not None or time.monotonic() > deadline:
+                return None
+            if _still_possible(phase, now) == "time":
+                phase = "time"
+                break
+            time.sleep(0.02)
+        else:
+            # Planning goes on for well under a second after its first batch at bench
+            # sizes.
+            time.sleep(rng.uniform(0.0, 0.05 if phase == "sent_while_planning" else 0.25))
     if phase == "time":
         # A moment drawn at random once the process drives the run (holds its lease),
         # so it lands anywhere in the work rather than in the imports.
         while probe.lease_holder() is None:
             if process.poll() is not None or time.monotonic() > deadline:
-                return False
+                return None
             time.sleep(0.02)
         moment = time.monotonic() + rng.uniform(0.0, 3.0)
         while time.monotonic() < moment:
             if process.poll() is not None:
-                return False
+                return None
             time.sleep(0.02)
-    else:
-        while not _in_phase(phase, probe.phase_counts(), start):
-            if process.poll() is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.25))
     if process.poll() is not None:
-        return False
+        return None
     process.send_signal(signal.SIGKILL)
     process.wait()
-    return True
+    return phase
 
 
 def kill_plan(kills: int, rng: random.Random) -> list[str]:
@@ -239,7 +249,11 @@ def kill_plan(kills: int, rng: random.Random) -> list[str]:
     plan = ["time" if i % 3 == 2 else PHASES[(i - i // 3) % len(PHASES)] for i in range(kills)]
     rest = [p for p in plan if p != "planning"]
     rng.shuffle(rest)
-    return [p for p in plan if p == "planning"] + rest
+    planning = [p for p in plan if p == "planning"]
+    # The second planning kill aims after a batch was created while the run still plans
+    # (a task with no budget): its rerun must keep that batch and plan around it.
+    planning[1:2] = ["sent_while_planning"] * len(planning[1:2])
+    return planning + rest
 
 
 def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
@@ -278,10 +292,11 @@ def run_chaos(*, task: str, rows: int, kills: int, seed: int, workdir: Path,
                 process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log_file,
                                            stderr=subprocess.STDOUT)
                 report.runs += 1
-                if _wait_and_kill(process, probe, phase, rng, run_timeout):
+                killed_in = _wait_and_kill(process, probe, phase, rng, run_timeout)
+                if killed_in is not None:
                     report.kills += 1
-                    report.kills_by_phase[phase] += 1
-                    log(f"  killed run {report.runs} while {phase}")
+                    report.kills_by_phase[killed_in] += 1
+                    log(f"  killed run {report.runs} while {killed_in}")
                 else:
                     report.exit_codes.append(process.returncode)
                     log(f"  run {report.runs} ended with {process.returncode} before a "
