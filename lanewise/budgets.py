@@ -274,18 +274,18 @@ def check_run(ctx: LaneContext, run_id: int, now: float | None = None) -> RunEst
     """Estimate the run, record the estimate on it, and refuse it (BudgetExceededError)
     when its upper bound passes the task's per-run ceiling or what is left of its daily
     or monthly budget. None for a run that already sent something: approved before."""
-    run = ctx.ledger.run(run_id)
     if already_sent(ctx, run_id):
+        run = ctx.ledger.run(run_id)
         if run["estimate_upper_picodollars"] is None:
             # Sent while it planned (a task with no budget: `may_send_while_planning`):
             # nothing to refuse, but the estimate of its whole first round is recorded.
-            _record(ctx, estimate_run(ctx, run_id, now, first_round=True))
+            _record(ctx, run_id, estimate_run(ctx, run_id, now, first_round=True))
         else:
             ctx.log.info("run %s sent batches already: its estimate (and budget check) "
                          "was made when it started", run["run_key"])
         return None
     now = time.time() if now is None else now
-    estimate = _record(ctx, estimate_run(ctx, run_id, now))
+    estimate = _record(ctx, run_id, estimate_run(ctx, run_id, now))
     over = [limit for limit in _limits(ctx, now)
             if estimate.requests and estimate.upper_usd > limit.left]
     if over:  # raised, not logged here: the flow, the drain or the CLI says it once
@@ -302,10 +302,9 @@ def may_send_while_planning(task: TaskSpec) -> bool:
     return not task.budget.is_set()
 
 
-def _record(ctx: LaneContext, estimate: RunEstimate) -> RunEstimate:
+def _record(ctx: LaneContext, run_id: int, estimate: RunEstimate) -> RunEstimate:
     """Record the run's estimate on it, and say it."""
-    run = ctx.ledger.run_by_key(estimate.run_key)
-    ctx.ledger.set_run(run["id"], estimate_upper_picodollars=estimate.upper_picodollars,
+    ctx.ledger.set_run(run_id, estimate_upper_picodollars=estimate.upper_picodollars,
                        estimate_expected_picodollars=estimate.expected_picodollars)
     ctx.log.info("cost estimate of run %s: %s", estimate.run_key, estimate.line())
     return estimate

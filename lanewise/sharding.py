@@ -78,6 +78,7 @@ class ShardWriter:
         # each next one at twice the last, up to the limits: shards sent while the rest
         # is still planned get the provider working at once, then keep it fed.
         self._ramp = ramp_from
+        self._request_cap = self._cap_now()
         # Leave headroom under the byte limit for multipart framing on upload.
         self.max_bytes = int(limits.max_bytes * 0.98)
         self.token_budget = token_budget
@@ -114,8 +115,7 @@ class ShardWriter:
         current.refs.append(ref)
         return closed
 
-    @property
-    def _request_cap(self) -> int:
+    def _cap_now(self) -> int:
         return self.max_requests if self._ramp is None else min(self.max_requests, self._ramp)
 
     def close(self) -> ClosedShard | None:
@@ -127,4 +127,5 @@ class ShardWriter:
         closed, self._current, self._handle = self._current, None, None
         if self._ramp is not None:
             self._ramp = None if self._ramp >= self.max_requests else self._ramp * 2
+            self._request_cap = self._cap_now()
         return closed

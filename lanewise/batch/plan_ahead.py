@@ -118,7 +118,7 @@ class PlanAhead:
                                        "(%s)", sender.stopped)
                 # The budget check, or for a run that sent while it planned, its estimate
                 # (`check_run`), then what fits now.
-                drive = self._send_first_wave(run_id)
+                drive = self._send_first_wave(ctx, run_id)
             if drive:
                 self._warm_collect_imports()
         finally:
@@ -136,22 +136,20 @@ class PlanAhead:
         on doing meanwhile, `_drive`, imports nothing new.)"""
         self.result.exception()
 
-    def _send_first_wave(self, run_id: int) -> bool:
+    def _send_first_wave(self, ctx: LaneContext, run_id: int) -> bool:
         """Send what fits the enqueued-token budget now (the runner's own rule:
         `Pipeline.send_what_fits`, batches already in flight counted), once the run
         passes its budget check; a stop is logged and left to the runner, which meets it
         again in the flow (an account out of credit is handed over instead, so the
         provider is asked once). True when the wave went without a stop."""
-        from lanewise.batch.runner import LocalSteps, Pipeline
+        from lanewise.batch.runner import LocalSteps, Pipeline, uncollected_shards
         from lanewise.budgets import check_run
         from lanewise.errors import QuotaExhaustedError
 
-        ctx = dataclasses.replace(self._ctx, lease=self.lease)
         try:
             check_run(ctx, run_id)
             pipeline = Pipeline(ctx, LocalSteps(ctx), run_id, self.lease.ensure)
-            pipeline.load([s["id"] for s in ctx.ledger.shards(run_id)
-                           if s["status"] != "collected"])
+            pipeline.load(uncollected_shards(ctx, run_id))
             pipeline.send_what_fits()
         except QuotaExhaustedError as exc:
             self.out_of_credit = exc
@@ -170,7 +168,6 @@ class PlanAhead:
         half made while Prefect was importing it ("partially initialized module 'httpx'
         has no attribute 'Response'": a bench run's driving stopped on it)."""
         from lanewise.batch.results import warm_results_imports
-        from lanewise.schema_check import quick_check  # noqa: F401 - imported for collect
 
         warm_results_imports()
         try:
@@ -185,7 +182,7 @@ class PlanAhead:
         Prefect starts. A step is never cut short: the hand-over comes only in a wait
         between polls, and the runner then finds every shard where its state puts it,
         as a resumed run's. Anything that stops this is logged; the runner goes on."""
-        from lanewise.batch.runner import LocalSteps, Pipeline
+        from lanewise.batch.runner import LocalSteps, Pipeline, uncollected_shards
         from lanewise.errors import QuotaExhaustedError
 
         ctx = dataclasses.replace(self._ctx, lease=self.lease, sleep=self._sleep)
@@ -193,7 +190,7 @@ class PlanAhead:
             # The pipeline checks this fence before every collect and every await: the
             # flow's claim stops it there too, not only in a wait between polls.
             Pipeline(ctx, LocalSteps(ctx), run_id, self._fence).run(
-                [s["id"] for s in ctx.ledger.shards(run_id) if s["status"] != "collected"])
+                uncollected_shards(ctx, run_id))
         except _HandedOver:
             return
         except QuotaExhaustedError as exc:
@@ -248,6 +245,7 @@ class ShardSender:
     """
 
     def __init__(self, ctx: LaneContext) -> None:
+        assert ctx.lease is not None, "sends under the head start's lease"
         self.ctx = ctx
         self.stopped: Exception | None = None
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
@@ -259,14 +257,14 @@ class ShardSender:
         if self._thread is None:
             # Imported here, in the planning thread, before the sender starts: two
             # threads importing at once can see each other's modules half made.
-            from lanewise.batch.runner import LocalSteps, Pipeline
+            from lanewise.batch.runner import LocalSteps, Pipeline, uncollected_shards
 
             self._pipeline = Pipeline(self.ctx, LocalSteps(self.ctx), run_id,
-                                      self.ctx.lease.ensure if self.ctx.lease else _no_fence)
+                                      self.ctx.lease.ensure)
             # A resumed planning's kept shards count in flight (or are sent first, when
             # their create was interrupted), so the budget holds across the crash.
-            self._pipeline.load([s["id"] for s in self.ctx.ledger.shards(run_id)
-                                 if s["status"] != "collected" and s["id"] != shard_id])
+            self._pipeline.load([sid for sid in uncollected_shards(self.ctx, run_id)
+                                 if sid != shard_id])
             self._thread = threading.Thread(target=self._send, daemon=True,
                                             name=f"send-{run_id}")
             self._thread.start()
@@ -302,10 +300,6 @@ class _Aborted(Exception):  # noqa: N818 - why a sender stopped, not raised
 
 class _HandedOver(BaseException):  # noqa: N818 - not an error: a signal to stop
     """The flow took the run over: the head start stops between two polls."""
-
-
-def _no_fence() -> None:
-    """No lease to check (a context without one)."""
 
 
 def spent_before(run_key: str) -> int | None:

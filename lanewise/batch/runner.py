@@ -45,6 +45,11 @@ def next_shards(ctx: LaneContext, run_id: int, run_key: str) -> list[int]:
     """Plan follow-up shards for retries, then list every shard not yet collected."""
     ctx.ledger.reopen_stranded_shards(run_id)
     plan_retries(ctx, run_id, run_key)
+    return uncollected_shards(ctx, run_id)
+
+
+def uncollected_shards(ctx: LaneContext, run_id: int) -> list[int]:
+    """Ids of the run's shards not yet collected (what a `Pipeline` takes in)."""
     return [s["id"] for s in ctx.ledger.shards(run_id) if s["status"] != "collected"]
 
 
